@@ -1,0 +1,16 @@
+//! The HTTP/1.1 wire protocol, sans-IO: bytes in, request heads and body bytes or
+//! errors out; response heads and body framing out. Nothing here touches a socket,
+//! a thread or Python, so every rule can be unit-tested, property-tested and fuzzed.
+
+pub mod body;
+pub mod date;
+pub mod error;
+pub mod request;
+pub mod response;
+
+#[cfg(test)]
+mod proptests;
+
+pub use body::{BodyDecoder, Progress};
+pub use error::{ErrorKind, HttpError};
+pub use request::{BodyFraming, HeadLimits, HeadParser, RequestHead, Version};
