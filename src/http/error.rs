@@ -10,6 +10,8 @@ use std::fmt;
 pub enum ErrorKind {
     /// 400: the bytes are not a valid HTTP/1.1 request.
     BadRequest,
+    /// 408: the request head did not arrive in time.
+    RequestTimeout,
     /// 413: the declared or received body is larger than `max_request_body_size`.
     BodyTooLarge,
     /// 414: the request line is longer than the configured limit.
@@ -26,6 +28,7 @@ impl ErrorKind {
     pub fn status(self) -> u16 {
         match self {
             ErrorKind::BadRequest => 400,
+            ErrorKind::RequestTimeout => 408,
             ErrorKind::BodyTooLarge => 413,
             ErrorKind::UriTooLong => 414,
             ErrorKind::HeadersTooLarge => 431,
@@ -37,6 +40,7 @@ impl ErrorKind {
     pub fn reason(self) -> &'static str {
         match self {
             ErrorKind::BadRequest => "Bad Request",
+            ErrorKind::RequestTimeout => "Request Timeout",
             ErrorKind::BodyTooLarge => "Request Entity Too Large",
             ErrorKind::UriTooLong => "URI Too Long",
             ErrorKind::HeadersTooLarge => "Request Header Fields Too Large",

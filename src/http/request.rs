@@ -171,6 +171,9 @@ impl HeadParser {
         }
         let from = self.scanned.saturating_sub(HEAD_END.len() - 1);
         let Some(pos) = memchr::memmem::find(&buf[from..], HEAD_END) else {
+            // Refuse a bare CR or LF as soon as it arrives rather than waiting (perhaps
+            // forever) for a CRLFCRLF that an LF-only client will never send.
+            check_line_endings(buf, from, true)?;
             self.scanned = buf.len();
             if self.skipped + buf.len() >= limits.max_head_bytes {
                 return Err(head_too_large(limits));
@@ -215,7 +218,7 @@ fn uri_too_long(limits: &HeadLimits) -> HttpError {
 const STACK_FIELDS: usize = 64;
 
 fn parse_head(raw: Bytes, limits: &HeadLimits) -> Result<RequestHead, HttpError> {
-    check_line_endings(&raw)?;
+    check_line_endings(&raw, 0, false)?;
     // The head ends with CRLFCRLF and has no bare CR or LF, so a CRLF exists.
     let line_end = memchr::memmem::find(&raw, b"\r\n").unwrap_or(raw.len());
     if line_end > limits.max_request_line {
@@ -276,11 +279,16 @@ fn parse_head(raw: Bytes, limits: &HeadLimits) -> Result<RequestHead, HttpError>
     })
 }
 
-/// Rejects a CR not followed by LF, and an LF not preceded by CR (CVE-2019-16785's class).
-fn check_line_endings(head: &[u8]) -> Result<(), HttpError> {
-    for pos in memchr::memchr2_iter(b'\r', b'\n', head) {
+/// Rejects a CR not followed by LF, and an LF not preceded by CR (CVE-2019-16785's
+/// class), looking at `head[start..]`. With `partial`, a CR at the very end may still
+/// get its LF and is accepted.
+fn check_line_endings(head: &[u8], start: usize, partial: bool) -> Result<(), HttpError> {
+    for pos in memchr::memchr2_iter(b'\r', b'\n', &head[start..]).map(|p| p + start) {
         let ok = match head[pos] {
-            b'\r' => head.get(pos + 1) == Some(&b'\n'),
+            b'\r' => match head.get(pos + 1) {
+                Some(&next) => next == b'\n',
+                None => partial,
+            },
             _ => pos > 0 && head[pos - 1] == b'\r',
         };
         if !ok {
@@ -601,6 +609,38 @@ mod tests {
         assert_eq!(status(b"GET / HTTP/1.1\nHost: a\r\n\r\n"), 400);
         assert_eq!(status(b"GET / HTTP/1.1\r\nHost: a\n\r\n\r\n"), 400);
         assert_eq!(status(b"GET / HTTP/1.1\r\nHost: a\rb\r\n\r\n"), 400);
+    }
+
+    #[test]
+    fn bare_lf_is_refused_before_the_head_ends() {
+        let mut parser = HeadParser::new();
+        let mut buf = BytesMut::from(&b"GET / HTTP/1.1\nHost: a\n"[..]);
+        assert_eq!(
+            parser
+                .parse(&mut buf, &HeadLimits::default())
+                .unwrap_err()
+                .status(),
+            400
+        );
+        let mut parser = HeadParser::new();
+        let mut buf = BytesMut::from(&b"GET / HTTP/1.1\r"[..]);
+        assert!(parser
+            .parse(&mut buf, &HeadLimits::default())
+            .unwrap()
+            .is_none());
+        buf.extend_from_slice(b"\nHost: a\r\n");
+        assert!(parser
+            .parse(&mut buf, &HeadLimits::default())
+            .unwrap()
+            .is_none());
+        buf.extend_from_slice(b"\n");
+        assert_eq!(
+            parser
+                .parse(&mut buf, &HeadLimits::default())
+                .unwrap_err()
+                .status(),
+            400
+        );
     }
 
     #[test]

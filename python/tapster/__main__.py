@@ -1,0 +1,5 @@
+"""`python -m tapster`: the same command line as the `tapster` script."""
+
+from tapster.runner import main
+
+main()

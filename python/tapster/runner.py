@@ -1,0 +1,117 @@
+"""The `tapster` command (also `python -m tapster`), with waitress-serve's grammar:
+`tapster [OPTS] MODULE:OBJECT`, `--name=value` for every option, `--no-name` for
+booleans, repeatable `--listen`, `--call`, `--help`; same messages and exit codes."""
+
+from __future__ import annotations
+
+import getopt
+import logging
+import os
+import pkgutil
+import sys
+from typing import IO, Any, Callable
+
+from tapster import serve
+from tapster.adjustments import BOOLEANS, HELP, PARAMS, Adjustments
+
+USAGE = """\
+Usage:
+
+    {name} [OPTS] MODULE:OBJECT
+
+Serves the WSGI application MODULE:OBJECT (for example myproject.wsgi:application).
+MODULE is a dotted module path, OBJECT a dotted attribute path inside it.
+
+Options:
+
+  --help
+      Show this information.
+
+  --call
+      Call OBJECT to get the WSGI application (for application factories).
+"""
+
+
+def _option_help() -> str:
+    lines = []
+    defaults = Adjustments.__dict__
+    for name, cast in PARAMS:
+        if name == "sockets":
+            continue
+        flag = name.replace("_", "-")
+        default = defaults.get(name)
+        if name == "listen":
+            default = "0.0.0.0:8080"
+        elif name == "unix_socket_perms":
+            default = "600"
+        if name in BOOLEANS:
+            head = f"  --{flag}, --no-{flag}"
+        else:
+            head = f"  --{flag}=VALUE"
+        lines.append(f"{head}\n      {HELP[name]} Default: {default}.")
+    return "\n\n".join(lines)
+
+
+def show_help(stream: IO[str], name: str, error: str | None = None) -> None:
+    if error is not None:
+        print(f"Error: {error}\n", file=stream)
+    print(USAGE.format(name=name) + "\n" + _option_help(), file=stream)
+
+
+def show_exception(stream: IO[str]) -> None:
+    exc_type, exc_value = sys.exc_info()[:2]
+    args = getattr(exc_value, "args", ())
+    print(
+        f"There was an exception ({exc_type.__name__ if exc_type else 'Exception'}) "
+        "importing your module.\n",
+        file=stream,
+    )
+    if args:
+        print("It had these arguments: ", file=stream)
+        for index, arg in enumerate(args, 1):
+            print(f"{index}. {arg}", file=stream)
+    else:
+        print("It had no arguments.", file=stream)
+
+
+def run(argv: list[str] | None = None, _serve: Callable[..., Any] = serve) -> int:
+    """Command-line entry point; returns the exit status."""
+    argv = sys.argv if argv is None else argv
+    name = os.path.basename(argv[0]) or "tapster"
+    if name in ("__main__.py", "-m"):
+        name = "tapster"
+    try:
+        kw, args = Adjustments.parse_args(argv[1:])
+    except getopt.GetoptError as exc:
+        show_help(sys.stderr, name, str(exc))
+        return 1
+
+    if kw["help"]:
+        show_help(sys.stdout, name)
+        return 0
+    if len(args) != 1:
+        show_help(sys.stderr, name, "Specify one application only")
+        return 1
+
+    logger = logging.getLogger("tapster")
+    if logger.level == logging.NOTSET:
+        logger.setLevel(logging.INFO)
+
+    sys.path.append(os.getcwd())
+    try:
+        app = pkgutil.resolve_name(args[0])
+    except (ImportError, ValueError, AttributeError):
+        show_help(sys.stderr, name)
+        show_exception(sys.stderr)
+        return 1
+
+    if kw.pop("call"):
+        app = app()
+    del kw["help"]
+    _serve(app, **kw)
+    return 0
+
+
+def main() -> None:
+    """`python -m tapster` and the console script: exit with run()'s status."""
+    sys.exit(run())

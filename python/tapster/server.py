@@ -1,0 +1,271 @@
+"""Server objects with Waitress's Python surface: `create_server()` binds the sockets
+and returns a `TcpWSGIServer`, `UnixWSGIServer` or `MultiSocketServer` whose `run()`
+serves (in Rust) until `close()`, Ctrl-C or SIGTERM."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import stat
+import threading
+from types import FrameType
+from typing import Any, Callable
+
+from tapster import _tapster
+from tapster.adjustments import NO_EFFECT, Adjustments
+
+logger = logging.getLogger("tapster")
+
+WSGIApp = Callable[..., Any]
+
+#: Options handed to the Rust engine (the rest shape binding, or have no effect).
+ENGINE_OPTIONS = (
+    "threads",
+    "io_threads",
+    "connection_limit",
+    "recv_bytes",
+    "inbuf_overflow",
+    "outbuf_overflow",
+    "outbuf_high_watermark",
+    "channel_timeout",
+    "header_timeout",
+    "max_request_header_size",
+    "max_request_line_size",
+    "max_request_headers",
+    "max_request_body_size",
+    "shutdown_timeout",
+    "ident",
+    "log_socket_errors",
+    "url_scheme",
+    "url_prefix",
+    "server_name",
+    "expose_tracebacks",
+    "clear_untrusted_proxy_headers",
+)
+
+
+def cleanup_unix_socket(path: str) -> None:
+    """Removes a stale Unix socket file; any other kind of file is left alone."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return
+    if stat.S_ISSOCK(st.st_mode):
+        try:
+            os.remove(path)
+        except OSError:  # pragma: no cover - raced with someone else
+            pass
+
+
+class _Listener:
+    """One bound, listening socket and how it presents itself."""
+
+    def __init__(self, sock: socket.socket, kind: str) -> None:
+        self.socket = sock
+        self.kind = kind
+        if kind == "unix":
+            self.effective_host: str = "unix"
+            self.effective_port: Any = sock.getsockname()
+        else:
+            host, port = socket.getnameinfo(
+                sock.getsockname(), socket.NI_NUMERICHOST | socket.NI_NUMERICSERV
+            )
+            self.effective_host = host
+            self.effective_port = int(port)
+
+    @property
+    def server_port(self) -> str:
+        return str(self.effective_port)
+
+
+def _bind_tcp(adj: Adjustments, family: int, socktype: int, proto: int, sockaddr: Any) -> socket.socket:
+    sock = socket.socket(family, socktype, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind(sockaddr)
+        sock.listen(adj.backlog)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def _bind_unix(adj: Adjustments) -> socket.socket:
+    assert adj.unix_socket is not None
+    cleanup_unix_socket(adj.unix_socket)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.bind(adj.unix_socket)
+        os.chmod(adj.unix_socket, adj.unix_socket_perms)
+        sock.listen(adj.backlog)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def _adopt(adj: Adjustments, sock: socket.socket) -> _Listener:
+    if sock.type != socket.SOCK_STREAM:
+        raise ValueError("Only SOCK_STREAM sockets are supported")
+    sock.listen(adj.backlog)
+    kind = "unix" if sock.family == getattr(socket, "AF_UNIX", None) else "tcp"
+    return _Listener(sock, kind)
+
+
+class BaseWSGIServer:
+    """What every Tapster server offers: `run()`, `close()`, `print_listen()`."""
+
+    def __init__(self, application: WSGIApp, adj: Adjustments, listeners: list[_Listener]) -> None:
+        if application is None:
+            raise ValueError(
+                'The "app" passed to ``create_server`` was ``None``.  You forgot '
+                "to return a WSGI app within your application."
+            )
+        self.application = application
+        self.adj = adj
+        self.listeners = listeners
+        options = {name: getattr(adj, name) for name in ENGINE_OPTIONS}
+        self._engine = _tapster.Server(
+            application,
+            options,
+            [(lst.socket.fileno(), lst.kind, lst.server_port) for lst in listeners],
+        )
+        self._closed = False
+        self._lock = threading.Lock()
+
+    @property
+    def effective_listen(self) -> list[tuple[str, Any]]:
+        return [(lst.effective_host, lst.effective_port) for lst in self.listeners]
+
+    def run(self) -> None:
+        """Serves until `close()`, Ctrl-C or SIGTERM, then shuts down gracefully."""
+        previous = _install_sigterm()
+        try:
+            self._engine.run()
+        except (KeyboardInterrupt, SystemExit):
+            pass
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
+            self.close()
+
+    def close(self) -> None:
+        """Stops `run()` (from any thread) and closes the listening sockets."""
+        self._engine.close()
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        for lst in self.listeners:
+            try:
+                lst.socket.close()
+            except OSError:  # pragma: no cover
+                pass
+
+    def print_listen(self, format_str: str) -> None:
+        for host, port in self.effective_listen:
+            if ":" in host:
+                host = f"[{host}]"
+            logger.info(format_str.format(host, port))
+
+
+class TcpWSGIServer(BaseWSGIServer):
+    """A server with one TCP listening socket."""
+
+    @property
+    def socket(self) -> socket.socket:
+        return self.listeners[0].socket
+
+    @property
+    def effective_host(self) -> str:
+        return self.listeners[0].effective_host
+
+    @property
+    def effective_port(self) -> Any:
+        return self.listeners[0].effective_port
+
+    def print_listen(self, format_str: str) -> None:
+        # Like Waitress, a single server does not bracket IPv6 hosts.
+        logger.info(format_str.format(self.effective_host, self.effective_port))
+
+
+class UnixWSGIServer(TcpWSGIServer):
+    """A server on one Unix socket; `effective_port` is its path."""
+
+
+class MultiSocketServer(BaseWSGIServer):
+    """Several listening sockets served by one engine and one worker pool."""
+
+
+WSGIServer = TcpWSGIServer
+
+
+def create_server(
+    application: WSGIApp,
+    map: Any = None,  # noqa: A002 - Waitress's parameter name
+    _start: bool = True,
+    _sock: socket.socket | None = None,
+    _dispatcher: Any = None,
+    **kw: Any,
+) -> BaseWSGIServer:
+    """Binds the sockets described by the options and returns the server (not yet
+    running). One socket gives a `TcpWSGIServer` or `UnixWSGIServer`, several a
+    `MultiSocketServer`."""
+    if application is None:
+        raise ValueError(
+            'The "app" passed to ``create_server`` was ``None``.  You forgot '
+            "to return a WSGI app within your application."
+        )
+    adj = Adjustments(**kw)
+    for name in NO_EFFECT & kw.keys():
+        logger.debug("option %s has no effect in Tapster", name)
+
+    listeners: list[_Listener] = []
+    try:
+        if _sock is not None:
+            listeners.append(_adopt(adj, _sock))
+        elif adj.unix_socket and hasattr(socket, "AF_UNIX"):
+            listeners.append(_Listener(_bind_unix(adj), "unix"))
+        elif adj.sockets:
+            kinds = {s.family == getattr(socket, "AF_UNIX", None) for s in adj.sockets}
+            if len(kinds) > 1:
+                raise ValueError("Inet and unix sockets may not be mixed")
+            listeners.extend(_adopt(adj, s) for s in adj.sockets)
+        else:
+            for family, socktype, proto, sockaddr in adj.listen:
+                listeners.append(_Listener(_bind_tcp(adj, family, socktype, proto, sockaddr), "tcp"))
+        if not listeners:
+            raise ValueError("No listening sockets: check the listen option")
+        if len(listeners) > 1:
+            return MultiSocketServer(application, adj, listeners)
+        if listeners[0].kind == "unix":
+            return UnixWSGIServer(application, adj, listeners)
+        return TcpWSGIServer(application, adj, listeners)
+    except BaseException:
+        for lst in listeners:
+            if _sock is None and lst.socket not in adj.sockets:
+                lst.socket.close()
+        raise
+
+
+def _install_sigterm() -> Any:
+    """On the main thread, makes SIGTERM stop the server gracefully (unless the program
+    installed its own handler). Returns the handler to restore, or None."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    try:
+        current = signal.getsignal(signal.SIGTERM)
+    except (ValueError, AttributeError):  # pragma: no cover - no SIGTERM here
+        return None
+    if current not in (signal.SIG_DFL, None):
+        return None
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        raise SystemExit(0)
+
+    signal.signal(signal.SIGTERM, stop)
+    return current

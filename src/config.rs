@@ -1,0 +1,149 @@
+//! Every server option, validated once at start-up into one read-only struct.
+//!
+//! Names follow Waitress's adjustments. The Python layer casts user input (strings from
+//! the CLI or a PasteDeploy file) and resolves listen addresses; `Config::validate`
+//! checks ranges here and names the offending option in its error.
+
+use std::time::Duration;
+
+use crate::http::request::HeadLimits;
+use crate::server::responder::OutputLimits;
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Python worker threads that may run the application at the same time.
+    pub threads: usize,
+    /// Tokio I/O threads (socket reads, parsing, slow writes).
+    pub io_threads: usize,
+    /// Open client connections at most; beyond it new connections wait in the backlog.
+    pub connection_limit: usize,
+    /// Bytes asked of each `recv`.
+    pub recv_bytes: usize,
+    /// A request body moves to a temporary file at this size.
+    pub inbuf_overflow: usize,
+    /// Pending response bytes move to a temporary file beyond this size.
+    pub outbuf_overflow: usize,
+    /// Pending response bytes above which the application is paused.
+    pub outbuf_high_watermark: usize,
+    /// Idle (no request in progress, nothing read or written) connections close after this.
+    pub channel_timeout: Duration,
+    /// A request head must arrive completely within this time of its first byte.
+    pub header_timeout: Duration,
+    pub max_request_header_size: usize,
+    pub max_request_line_size: usize,
+    pub max_request_headers: usize,
+    pub max_request_body_size: u64,
+    /// How long a graceful shutdown waits for in-flight requests.
+    pub shutdown_timeout: Duration,
+    /// Value of the Server header and SERVER_SOFTWARE; `None` sends no Server header.
+    pub ident: Option<String>,
+    pub log_socket_errors: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            threads: 4,
+            io_threads: 1,
+            connection_limit: 100,
+            recv_bytes: 8192,
+            inbuf_overflow: 524_288,
+            outbuf_overflow: 1_048_576,
+            outbuf_high_watermark: 16_777_216,
+            channel_timeout: Duration::from_secs(120),
+            header_timeout: Duration::from_secs(30),
+            max_request_header_size: 262_144,
+            max_request_line_size: 65_536,
+            max_request_headers: 100,
+            max_request_body_size: 1_073_741_824,
+            shutdown_timeout: Duration::from_secs(5),
+            ident: Some("tapster".to_owned()),
+            log_socket_errors: true,
+        }
+    }
+}
+
+impl Config {
+    /// Checks every range; the error names the option and what it must be.
+    pub fn validate(&self) -> Result<(), String> {
+        let positive: [(&str, usize); 10] = [
+            ("threads", self.threads),
+            ("io_threads", self.io_threads),
+            ("connection_limit", self.connection_limit),
+            ("recv_bytes", self.recv_bytes),
+            ("inbuf_overflow", self.inbuf_overflow),
+            ("outbuf_overflow", self.outbuf_overflow),
+            ("outbuf_high_watermark", self.outbuf_high_watermark),
+            ("max_request_header_size", self.max_request_header_size),
+            ("max_request_line_size", self.max_request_line_size),
+            ("max_request_headers", self.max_request_headers),
+        ];
+        for (name, value) in positive {
+            if value == 0 {
+                return Err(format!("{name} must be a positive integer"));
+            }
+        }
+        if self.max_request_body_size == 0 {
+            return Err("max_request_body_size must be a positive integer".into());
+        }
+        if self.channel_timeout.is_zero() {
+            return Err("channel_timeout must be positive".into());
+        }
+        if self.header_timeout.is_zero() {
+            return Err("header_timeout must be positive".into());
+        }
+        if self.threads > 10_000 {
+            return Err("threads must be at most 10000".into());
+        }
+        if self.io_threads > 256 {
+            return Err("io_threads must be at most 256".into());
+        }
+        Ok(())
+    }
+
+    pub fn head_limits(&self) -> HeadLimits {
+        HeadLimits {
+            max_head_bytes: self.max_request_header_size,
+            max_request_line: self.max_request_line_size,
+            max_headers: self.max_request_headers,
+            max_body_bytes: self.max_request_body_size,
+        }
+    }
+
+    pub fn output_limits(&self) -> OutputLimits {
+        OutputLimits {
+            overflow: self.outbuf_overflow,
+            high_watermark: self.outbuf_high_watermark,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        assert_eq!(Config::default().validate(), Ok(()));
+    }
+
+    #[test]
+    fn errors_name_the_option() {
+        let config = Config {
+            threads: 0,
+            ..Config::default()
+        };
+        assert_eq!(
+            config.validate().unwrap_err(),
+            "threads must be a positive integer"
+        );
+        let config = Config {
+            max_request_body_size: 0,
+            ..Config::default()
+        };
+        assert!(config
+            .validate()
+            .unwrap_err()
+            .starts_with("max_request_body_size"));
+    }
+}

@@ -1,0 +1,421 @@
+//! The task that owns one client connection: reads and parses requests one at a time,
+//! buffers each body completely (answering `Expect: 100-continue`), hands the request to
+//! the dispatcher, then finishes writing its response while watching the socket for the
+//! client's next request or disconnect. Responses go out strictly in request order.
+
+use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use std::pin::Pin;
+
+use tokio::sync::watch;
+use tokio::time::{sleep_until, timeout_at, Sleep};
+
+use super::responder::{Responder, Step};
+use super::socket::Conn;
+use super::spool::{Body, BodySpool};
+use super::{ConnInfo, Dispatcher, EventLog, LogLevel, Request};
+use crate::config::Config;
+use crate::http::request::{HeadLimits, HeadParser, RequestHead, Version};
+use crate::http::response::{error_page, protocol_error_page, CONTINUE};
+use crate::http::{BodyDecoder, ErrorKind, HttpError};
+
+/// State shared by every connection of one server.
+pub struct Shared {
+    pub config: Config,
+    pub head_limits: HeadLimits,
+    pub dispatcher: Arc<dyn Dispatcher>,
+    pub log: Arc<dyn EventLog>,
+    pub shutdown: watch::Receiver<bool>,
+    pub closing: Arc<AtomicBool>,
+}
+
+/// Body bytes asked of each `recv` while receiving a large body.
+const BODY_READ: usize = 64 * 1024;
+/// After an error or `Connection: close`, how long and how much we keep reading (and
+/// discarding) so the client gets the response instead of a reset.
+const LINGER_TIME: Duration = Duration::from_secs(2);
+const LINGER_BYTES: usize = 1 << 20;
+
+/// Why a connection ends.
+enum End {
+    /// The client closed, reset, timed out or the server is shutting down: just close.
+    Quiet,
+    /// A response announced `Connection: close` (or an error page was sent): close
+    /// gracefully, letting the client read everything.
+    AfterResponse,
+}
+
+pub async fn serve(conn: Arc<Conn>, info: Arc<ConnInfo>, shared: Arc<Shared>) {
+    let now = Instant::now();
+    let mut session = Session {
+        conn,
+        info,
+        rbuf: BytesMut::with_capacity(shared.config.recv_bytes),
+        parser: HeadParser::new(),
+        shutdown: shared.shutdown.clone(),
+        last_activity: now,
+        idle_timer: Box::pin(sleep_until((now + shared.config.channel_timeout).into())),
+        peer_finished: false,
+        shared,
+    };
+    let end = session.run().await;
+    match end {
+        End::AfterResponse => {
+            session.conn.shutdown_write();
+            let deadline = tokio::time::Instant::now() + LINGER_TIME;
+            let _ = timeout_at(deadline, session.conn.discard_input(LINGER_BYTES)).await;
+        }
+        End::Quiet => session.conn.shutdown_both(),
+    }
+}
+
+struct Session {
+    conn: Arc<Conn>,
+    info: Arc<ConnInfo>,
+    shared: Arc<Shared>,
+    rbuf: BytesMut,
+    parser: HeadParser,
+    shutdown: watch::Receiver<bool>,
+    last_activity: Instant,
+    /// Fires at the earliest moment the connection could have been idle for
+    /// `channel_timeout`. It is re-armed only when it fires early, so keeping it costs
+    /// nothing per request.
+    idle_timer: Pin<Box<Sleep>>,
+    /// The client shut down its sending side (or closed): no more requests will come.
+    peer_finished: bool,
+}
+
+/// Why waiting for bytes from the client stopped.
+enum ReadStop {
+    Eof,
+    TimedOut,
+    Shutdown,
+    Failed(io::Error),
+}
+
+impl Session {
+    async fn run(&mut self) -> End {
+        loop {
+            let head = match self.read_head().await {
+                Ok(head) => head,
+                Err(Some(err)) => return self.reject(None, &err).await,
+                Err(None) => return End::Quiet,
+            };
+            let body = match self.read_body(&head).await {
+                Ok(body) => body,
+                Err(BodyFailure::Protocol(err)) => {
+                    return self.reject(Some(head.version), &err).await
+                }
+                Err(BodyFailure::Storage(err)) => {
+                    self.shared.log.log(
+                        LogLevel::Error,
+                        format!("Could not buffer a request body: {err}"),
+                    );
+                    let page = error_page(
+                        head.version,
+                        500,
+                        "Internal Server Error",
+                        "The request body could not be stored",
+                        self.shared.config.ident.as_deref(),
+                    );
+                    let _ = self.send_page(&page).await;
+                    return End::AfterResponse;
+                }
+                Err(BodyFailure::Closed) => return End::Quiet,
+            };
+            let responder = Arc::new(Responder::new(
+                self.conn.clone(),
+                self.shared.config.output_limits(),
+            ));
+            self.shared.dispatcher.dispatch(Request {
+                head,
+                body,
+                conn: self.info.clone(),
+                responder: responder.clone(),
+            });
+            match self.await_response(&responder).await {
+                Some(true)
+                    if !self.peer_finished && !self.shared.closing.load(Ordering::Acquire) =>
+                {
+                    self.last_activity = responder.completed_at().unwrap_or_else(Instant::now);
+                }
+                Some(_) => return End::AfterResponse,
+                None => return End::Quiet,
+            }
+        }
+    }
+
+    /// Reads until one request head is parsed. `Err(None)`: close quietly.
+    async fn read_head(&mut self) -> Result<RequestHead, Option<HttpError>> {
+        let mut head_started: Option<Instant> = None;
+        loop {
+            match self.parser.parse(&mut self.rbuf, &self.shared.head_limits) {
+                Ok(Some(head)) => return Ok(head),
+                Ok(None) => {}
+                Err(err) => return Err(Some(err)),
+            }
+            if self.peer_finished {
+                return Err(None);
+            }
+            let idle = self.parser.pending(&self.rbuf) == 0;
+            if idle && self.shared.closing.load(Ordering::Acquire) {
+                return Err(None);
+            }
+            let deadline = if idle {
+                head_started = None;
+                None
+            } else {
+                let started = *head_started.get_or_insert_with(Instant::now);
+                Some(started + self.shared.config.header_timeout)
+            };
+            match self
+                .read_more(self.shared.config.recv_bytes, idle, deadline)
+                .await
+            {
+                Ok(_) => {}
+                Err(ReadStop::Eof) => {
+                    self.peer_finished = true;
+                    if self.parser.pending(&self.rbuf) > 0 {
+                        // The client sent half a request and stopped: nothing to answer.
+                        return Err(None);
+                    }
+                }
+                Err(ReadStop::TimedOut) if !idle => {
+                    return Err(Some(HttpError::new(
+                        ErrorKind::RequestTimeout,
+                        "The request head was not received in time",
+                    )))
+                }
+                Err(ReadStop::TimedOut | ReadStop::Shutdown) => return Err(None),
+                Err(ReadStop::Failed(err)) => {
+                    self.socket_error("reading a request", &err);
+                    return Err(None);
+                }
+            }
+        }
+    }
+
+    async fn read_body(&mut self, head: &RequestHead) -> Result<Body, BodyFailure> {
+        let config = &self.shared.config;
+        let Some(mut decoder) = BodyDecoder::new(head.framing, config.max_request_body_size) else {
+            return Ok(Body::Empty);
+        };
+        let mut spool = BodySpool::new(config.inbuf_overflow, decoder.remaining_hint());
+        self.decode_buffered(&mut decoder, &mut spool)?;
+        if !decoder.is_done() && head.expect_continue {
+            if let Err(err) = self.conn.send_all(CONTINUE).await {
+                self.socket_error("sending 100 Continue", &err);
+                return Err(BodyFailure::Closed);
+            }
+        }
+        while !decoder.is_done() {
+            match self.read_more(BODY_READ, false, None).await {
+                Ok(_) => self.decode_buffered(&mut decoder, &mut spool)?,
+                Err(ReadStop::Failed(err)) => {
+                    self.socket_error("reading a request body", &err);
+                    return Err(BodyFailure::Closed);
+                }
+                // A body cut short cannot be answered meaningfully.
+                Err(_) => return Err(BodyFailure::Closed),
+            }
+        }
+        spool.finish().map_err(BodyFailure::Storage)
+    }
+
+    fn decode_buffered(
+        &mut self,
+        decoder: &mut BodyDecoder,
+        spool: &mut BodySpool,
+    ) -> Result<(), BodyFailure> {
+        if self.rbuf.is_empty() {
+            return Ok(());
+        }
+        let mut storage_error = None;
+        let progress = decoder
+            .decode(&self.rbuf, &mut |data| {
+                if storage_error.is_none() {
+                    if let Err(e) = spool.append(data) {
+                        storage_error = Some(e);
+                    }
+                }
+            })
+            .map_err(BodyFailure::Protocol)?;
+        let _ = self.rbuf.split_to(progress.consumed);
+        match storage_error {
+            Some(err) => Err(BodyFailure::Storage(err)),
+            None => Ok(()),
+        }
+    }
+
+    /// Reads more bytes into the buffer. `idle`: no request is in progress, so
+    /// shutdown closes the connection. `deadline`: the head must be complete by then.
+    /// Inactivity for `channel_timeout` always ends the wait.
+    async fn read_more(
+        &mut self,
+        max: usize,
+        idle: bool,
+        deadline: Option<Instant>,
+    ) -> Result<usize, ReadStop> {
+        loop {
+            let read = self.conn.read(&mut self.rbuf, max);
+            let outcome = tokio::select! {
+                biased;
+                r = read => r,
+                _ = self.idle_timer.as_mut() => {
+                    if self.idle_expired(self.last_activity) {
+                        return Err(ReadStop::TimedOut);
+                    }
+                    continue;
+                }
+                _ = sleep_until_opt(deadline) => return Err(ReadStop::TimedOut),
+                _ = self.shutdown.changed(), if idle => return Err(ReadStop::Shutdown),
+            };
+            return match outcome {
+                Ok(0) => Err(ReadStop::Eof),
+                Ok(n) => {
+                    self.last_activity = Instant::now();
+                    Ok(n)
+                }
+                Err(err) => Err(ReadStop::Failed(err)),
+            };
+        }
+    }
+
+    /// Called when the idle timer fires: true if nothing happened for `channel_timeout`
+    /// since `since`; otherwise re-arms the timer for the new earliest moment.
+    fn idle_expired(&mut self, since: Instant) -> bool {
+        let deadline = since + self.shared.config.channel_timeout;
+        if Instant::now() >= deadline {
+            return true;
+        }
+        self.idle_timer.as_mut().reset(deadline.into());
+        false
+    }
+
+    /// Waits for the response to be produced and written.
+    ///
+    /// While nothing of the client's next request is buffered, the socket is watched
+    /// too: a disconnect is noticed at once, and the producer need not wake this task
+    /// when it completes the response itself (the client's next bytes will). Once
+    /// bytes arrive they may be a whole pipelined request, so from then on the task
+    /// stops reading and asks to be woken.
+    ///
+    /// `Some(keep_alive)` when the response was delivered, `None` when the connection
+    /// must be dropped.
+    async fn await_response(&mut self, responder: &Responder) -> Option<bool> {
+        let stall = self.shared.config.channel_timeout;
+        let mut watching = !self.peer_finished && self.rbuf.is_empty();
+        responder.set_consumer_watching(watching);
+        loop {
+            let read = self
+                .conn
+                .read(&mut self.rbuf, self.shared.config.recv_bytes);
+            let step = tokio::select! {
+                biased;
+                step = responder.next_step() => step,
+                _ = self.idle_timer.as_mut() => {
+                    // Only a delivered response can leave the connection idle; an
+                    // application may take as long as it likes.
+                    let since = responder.completed_at().unwrap_or_else(Instant::now);
+                    if self.idle_expired(since) {
+                        return None;
+                    }
+                    continue;
+                }
+                r = read, if watching => {
+                    watching = false;
+                    responder.set_consumer_watching(false);
+                    match r {
+                        Ok(0) => {
+                            self.peer_finished = true;
+                            self.info.set_disconnected();
+                        }
+                        Ok(_) => self.last_activity = Instant::now(),
+                        Err(err) => {
+                            self.info.set_disconnected();
+                            self.socket_error("reading from a client", &err);
+                            responder.fail();
+                            return None;
+                        }
+                    }
+                    continue;
+                }
+            };
+            match step {
+                Step::Write(batch) => {
+                    let write = responder.write_batch(batch);
+                    match tokio::time::timeout(stall, write).await {
+                        Ok(Ok(())) => self.last_activity = Instant::now(),
+                        Ok(Err(err)) => {
+                            self.info.set_disconnected();
+                            self.socket_error("writing a response", &err);
+                            responder.fail();
+                            return None;
+                        }
+                        Err(_elapsed) => {
+                            self.info.set_disconnected();
+                            responder.fail();
+                            return None;
+                        }
+                    }
+                }
+                Step::Done { keep_alive } => return Some(keep_alive),
+                Step::Failed => {
+                    self.info.set_disconnected();
+                    return None;
+                }
+            }
+        }
+    }
+
+    /// Answers a request the server refuses, then ends the connection.
+    async fn reject(&mut self, version: Option<Version>, err: &HttpError) -> End {
+        let page = protocol_error_page(version, err, self.shared.config.ident.as_deref());
+        match self.send_page(&page).await {
+            Ok(()) => End::AfterResponse,
+            Err(_) => End::Quiet,
+        }
+    }
+
+    async fn send_page(&mut self, page: &[u8]) -> io::Result<()> {
+        let deadline = tokio::time::Instant::now() + self.shared.config.channel_timeout;
+        match timeout_at(deadline, self.conn.send_all(page)).await {
+            Ok(result) => result,
+            Err(_) => Err(io::ErrorKind::TimedOut.into()),
+        }
+    }
+
+    fn socket_error(&self, doing: &str, err: &io::Error) {
+        let ordinary = matches!(
+            err.kind(),
+            io::ErrorKind::ConnectionReset
+                | io::ErrorKind::BrokenPipe
+                | io::ErrorKind::ConnectionAborted
+                | io::ErrorKind::TimedOut
+        );
+        if self.shared.config.log_socket_errors && !ordinary {
+            self.shared.log.log(
+                LogLevel::Warning,
+                format!("Socket error while {doing}: {err}"),
+            );
+        }
+    }
+}
+
+/// Sleeps until `deadline`, or forever without one.
+async fn sleep_until_opt(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => sleep_until(d.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+enum BodyFailure {
+    Protocol(HttpError),
+    Storage(io::Error),
+    Closed,
+}

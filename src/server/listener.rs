@@ -1,0 +1,274 @@
+//! Listening sockets, the accept loops, the connection limit and the runtime's life:
+//! start, graceful shutdown (stop accepting, let in-flight requests finish, close idle
+//! connections at once), stop.
+
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use socket2::{SockAddr, Socket};
+use tokio::io::unix::AsyncFd;
+use tokio::runtime::Runtime;
+use tokio::sync::{watch, Semaphore};
+
+use super::connection::{self, Shared};
+use super::socket::{register, Conn};
+use super::{ConnInfo, Dispatcher, EventLog, LogLevel, Peer};
+use crate::config::Config;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ListenerKind {
+    Tcp,
+    Unix,
+}
+
+/// What a request learns about the listener it arrived on.
+#[derive(Debug)]
+pub struct ListenerInfo {
+    pub kind: ListenerKind,
+    /// SERVER_PORT: the bound port, or the socket path for a Unix socket.
+    pub server_port: String,
+}
+
+/// A bound, listening socket handed over by the Python layer.
+pub struct ListenerSpec {
+    pub socket: Socket,
+    pub info: Arc<ListenerInfo>,
+}
+
+/// Counts open connections so shutdown can wait for them.
+struct ConnCount {
+    open: Mutex<usize>,
+    changed: Condvar,
+}
+
+struct ConnGuard(Arc<ConnCount>);
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        let mut open = self.0.open.lock().unwrap_or_else(|e| e.into_inner());
+        *open -= 1;
+        self.0.changed.notify_all();
+    }
+}
+
+/// A started server: the runtime with its accept loops and connections.
+pub struct Running {
+    runtime: Option<Runtime>,
+    shutdown: watch::Sender<bool>,
+    closing: Arc<AtomicBool>,
+    count: Arc<ConnCount>,
+}
+
+/// Starts the I/O runtime and accepts on every listener.
+pub fn start(
+    config: Config,
+    listeners: Vec<ListenerSpec>,
+    dispatcher: Arc<dyn Dispatcher>,
+    log: Arc<dyn EventLog>,
+) -> io::Result<Running> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(config.io_threads)
+        .thread_name("tapster-io")
+        .enable_io()
+        .enable_time()
+        .build()?;
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let closing = Arc::new(AtomicBool::new(false));
+    let count = Arc::new(ConnCount {
+        open: Mutex::new(0),
+        changed: Condvar::new(),
+    });
+    let limit = Arc::new(Semaphore::new(config.connection_limit));
+    let shared = Arc::new(Shared {
+        head_limits: config.head_limits(),
+        config,
+        dispatcher,
+        log,
+        shutdown: shutdown_rx,
+        closing: closing.clone(),
+    });
+    {
+        let _enter = runtime.enter();
+        for spec in listeners {
+            spec.socket.set_nonblocking(true)?;
+            let listener = register(spec.socket)?;
+            runtime.spawn(accept_loop(
+                listener,
+                spec.info,
+                shared.clone(),
+                limit.clone(),
+                count.clone(),
+            ));
+        }
+    }
+    Ok(Running {
+        runtime: Some(runtime),
+        shutdown: shutdown_tx,
+        closing,
+        count,
+    })
+}
+
+impl Running {
+    /// Stops accepting, closes idle connections, and makes responses in progress the
+    /// last on their connection. Returns at once.
+    pub fn begin_shutdown(&self) {
+        self.closing.store(true, Ordering::Release);
+        let _ = self.shutdown.send(true);
+    }
+
+    /// Waits (blocking this thread) until every connection has closed or `timeout`
+    /// passes. Returns the number still open.
+    pub fn wait_for_connections(&self, timeout: Duration) -> usize {
+        let deadline = Instant::now() + timeout;
+        let mut open = self.count.open.lock().unwrap_or_else(|e| e.into_inner());
+        while *open > 0 {
+            let now = Instant::now();
+            if now >= deadline {
+                break;
+            }
+            open = self
+                .count
+                .changed
+                .wait_timeout(open, deadline - now)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        *open
+    }
+
+    /// Stops the runtime, dropping whatever connections remain.
+    pub fn stop(mut self) {
+        self.begin_shutdown();
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_timeout(Duration::from_secs(1));
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+async fn accept_loop(
+    listener: AsyncFd<Socket>,
+    info: Arc<ListenerInfo>,
+    shared: Arc<Shared>,
+    limit: Arc<Semaphore>,
+    count: Arc<ConnCount>,
+) {
+    let mut shutdown = shared.shutdown.clone();
+    loop {
+        let permit = match limit.clone().try_acquire_owned() {
+            Ok(p) => p,
+            Err(_) => {
+                shared.log.log(
+                    LogLevel::Warning,
+                    "total open connections reached the connection limit, no longer accepting new connections".into(),
+                );
+                let acquired = tokio::select! {
+                    p = limit.clone().acquire_owned() => p,
+                    _ = shutdown.changed() => return,
+                };
+                let Ok(p) = acquired else { return };
+                shared.log.log(
+                    LogLevel::Info,
+                    "total open connections dropped below the connection limit, listening again"
+                        .into(),
+                );
+                p
+            }
+        };
+        let accepted = tokio::select! {
+            r = accept(&listener) => r,
+            _ = shutdown.changed() => return,
+        };
+        let (socket, peer) = match accepted {
+            Ok(pair) => pair,
+            Err(err) if err.kind() == io::ErrorKind::ConnectionAborted => continue,
+            Err(err) => {
+                if shared.config.log_socket_errors {
+                    shared.log.log(
+                        LogLevel::Warning,
+                        format!("server accept() threw an exception: {err}"),
+                    );
+                }
+                if matches!(
+                    err.raw_os_error(),
+                    Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+                ) {
+                    // Out of descriptors or memory: back off instead of spinning.
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                continue;
+            }
+        };
+        if info.kind == ListenerKind::Tcp {
+            let _ = socket.set_tcp_nodelay(true);
+        }
+        let conn = match Conn::new(socket) {
+            Ok(c) => Arc::new(c),
+            Err(err) => {
+                shared.log.log(
+                    LogLevel::Warning,
+                    format!("could not register a connection: {err}"),
+                );
+                continue;
+            }
+        };
+        let peer = match info.kind {
+            ListenerKind::Tcp => peer.as_socket().map_or(Peer::Unix, Peer::Tcp),
+            ListenerKind::Unix => Peer::Unix,
+        };
+        let conn_info = Arc::new(ConnInfo::new(peer, info.clone(), shared.closing.clone()));
+        *count.open.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+        let guard = ConnGuard(count.clone());
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            connection::serve(conn, conn_info, shared).await;
+            drop(guard);
+            drop(permit);
+        });
+    }
+}
+
+/// Accepts one connection, non-blocking and close-on-exec from the start.
+async fn accept(listener: &AsyncFd<Socket>) -> io::Result<(Socket, SockAddr)> {
+    loop {
+        let mut guard = listener.readable().await?;
+        let result = guard.try_io(|l| {
+            // SAFETY: `try_init` hands us storage large enough for any socket address and
+            // its length; the listening descriptor stays open while `l` is borrowed.
+            let (fd, addr) = unsafe {
+                SockAddr::try_init(|storage, len| {
+                    let fd = libc::accept4(
+                        l.as_raw_fd(),
+                        storage.cast(),
+                        len,
+                        libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+                    );
+                    if fd < 0 {
+                        Err(io::Error::last_os_error())
+                    } else {
+                        Ok(fd)
+                    }
+                })
+            }?;
+            // SAFETY: accept4 returned a new descriptor that nothing else owns.
+            let socket = unsafe { Socket::from_raw_fd(fd) };
+            Ok((socket, addr))
+        });
+        match result {
+            Ok(Err(err)) if err.kind() == io::ErrorKind::Interrupted => continue,
+            Ok(r) => return r,
+            Err(_would_block) => continue,
+        }
+    }
+}

@@ -1,0 +1,95 @@
+//! Sockets and the async runtime: listeners, the accept loop, one task per connection
+//! (read, parse, buffer the body, dispatch, write, keep-alive, timeouts), buffers that
+//! spill to temporary files, sendfile, and graceful shutdown.
+//!
+//! Nothing here knows about Python. A complete request goes out through the
+//! `Dispatcher` trait; its response comes back through a `Responder`; log lines go out
+//! through the `EventLog` trait.
+
+pub mod connection;
+pub mod listener;
+pub mod responder;
+pub mod socket;
+pub mod spool;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use crate::http::RequestHead;
+
+pub use listener::{start, ListenerInfo, ListenerKind, ListenerSpec, Running};
+pub use responder::{ClientGone, FileSegment, Responder};
+pub use spool::Body;
+
+/// One complete request, head and body, handed to the application side.
+pub struct Request {
+    pub head: RequestHead,
+    pub body: Body,
+    pub conn: Arc<ConnInfo>,
+    pub responder: Arc<Responder>,
+}
+
+/// Receives complete requests. Implementations must not block: queue and return.
+pub trait Dispatcher: Send + Sync + 'static {
+    fn dispatch(&self, request: Request);
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum LogLevel {
+    Debug,
+    Info,
+    Warning,
+    Error,
+}
+
+/// Where the server's own log lines go (the Python `logging` module, in production).
+pub trait EventLog: Send + Sync + 'static {
+    /// A line for the main logger (`tapster`).
+    fn log(&self, level: LogLevel, message: String);
+
+    /// A line about the request queue (logger `tapster.queue`).
+    fn log_queue(&self, level: LogLevel, message: String) {
+        self.log(level, message);
+    }
+}
+
+/// The client's address.
+#[derive(Clone, Debug)]
+pub enum Peer {
+    Tcp(SocketAddr),
+    Unix,
+}
+
+/// What the application side may know about the connection a request came on.
+pub struct ConnInfo {
+    pub peer: Peer,
+    pub listener: Arc<ListenerInfo>,
+    disconnected: AtomicBool,
+    closing: Arc<AtomicBool>,
+}
+
+impl ConnInfo {
+    pub fn new(peer: Peer, listener: Arc<ListenerInfo>, closing: Arc<AtomicBool>) -> ConnInfo {
+        ConnInfo {
+            peer,
+            listener,
+            disconnected: AtomicBool::new(false),
+            closing,
+        }
+    }
+
+    /// The client closed or reset the connection, or a write to it failed.
+    pub fn client_disconnected(&self) -> bool {
+        self.disconnected.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn set_disconnected(&self) {
+        self.disconnected.store(true, Ordering::Release);
+    }
+
+    /// The server is shutting down: responses should close their connection.
+    pub fn server_closing(&self) -> bool {
+        self.closing.load(Ordering::Acquire)
+    }
+}

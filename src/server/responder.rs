@@ -1,0 +1,526 @@
+//! The hand-off of one response from the thread that produces it to the connection task
+//! that owns the socket.
+//!
+//! The producer (a worker thread, with the GIL released around each call that may touch
+//! the socket) writes straight to the socket when nothing is queued and nobody else is
+//! writing: a small response costs one `writev` and no thread switch. Whatever the
+//! socket does not take is queued for the connection task, which finishes it
+//! asynchronously, so a slow client never holds a worker. Queued output stays in memory
+//! up to `overflow` bytes and then goes to a temporary file; above `high_watermark` the
+//! producer is told to stop (it parks its iterator or waits, GIL released).
+//!
+//! When a response completes with nothing left to write, the connection task is woken
+//! only if it is not already watching the socket for the next request: a keep-alive
+//! exchange then costs no cross-thread wake-up at all.
+
+use std::collections::VecDeque;
+use std::fs::File;
+use std::future::poll_fn;
+use std::io::{self, IoSlice};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::task::{Poll, Waker};
+use std::time::Instant;
+
+use bytes::Bytes;
+
+use super::socket::Conn;
+use super::spool::SpillFile;
+
+/// Output buffering limits (`outbuf_overflow`, `outbuf_high_watermark`).
+#[derive(Clone, Copy, Debug)]
+pub struct OutputLimits {
+    pub overflow: usize,
+    pub high_watermark: usize,
+}
+
+/// The client went away (or the connection was cut); the response cannot be delivered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientGone;
+
+/// A part of a file sent with `sendfile(2)` by the connection task.
+#[derive(Debug)]
+pub struct FileSegment {
+    pub file: Arc<File>,
+    pub offset: u64,
+    pub len: u64,
+}
+
+/// One queued piece of output.
+#[derive(Debug)]
+pub enum Chunk {
+    Bytes(Bytes),
+    /// This many bytes at the front of the spill file.
+    Spilled(u64),
+    File(FileSegment),
+}
+
+/// What the connection task must do next.
+#[derive(Debug)]
+pub enum Step {
+    Write(Vec<Chunk>),
+    /// The response is complete and fully written.
+    Done {
+        keep_alive: bool,
+    },
+    /// The response cannot be delivered; close the connection.
+    Failed,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Writer {
+    Idle,
+    Producer,
+    Consumer,
+}
+
+type Callback = Box<dyn FnOnce() + Send>;
+type FinishCallback = Box<dyn FnOnce(bool) + Send>;
+
+struct Inner {
+    queue: VecDeque<Chunk>,
+    /// Bytes of `Chunk::Bytes` queued or being written by the consumer.
+    mem_bytes: usize,
+    spill: Option<SpillFile>,
+    writer: Writer,
+    /// `Some(keep_alive)` once the producer has finished the response.
+    finished: Option<bool>,
+    failed: bool,
+    /// The connection task, when it is parked waiting on this response.
+    waker: Option<Waker>,
+    /// The connection task is also watching the socket, so a clean completion need not
+    /// wake it: the client's next request will.
+    consumer_watching: bool,
+    on_drain: Option<Callback>,
+    on_finished: Option<FinishCallback>,
+    completed_at: Option<Instant>,
+}
+
+impl Inner {
+    fn pending(&self) -> u64 {
+        self.mem_bytes as u64 + self.spill.as_ref().map_or(0, SpillFile::pending)
+    }
+
+    fn complete(&self) -> bool {
+        self.finished.is_some() && self.queue.is_empty() && self.writer == Writer::Idle
+    }
+}
+
+/// The shared state of one response.
+pub struct Responder {
+    conn: Arc<Conn>,
+    limits: OutputLimits,
+    inner: Mutex<Inner>,
+    room: Condvar,
+}
+
+/// Most pieces a consumer takes in one batch.
+const BATCH_CHUNKS: usize = 64;
+/// Most bytes a consumer takes in one batch (so progress is reported as it goes).
+const BATCH_BYTES: usize = 1 << 20;
+/// Bytes read back from the spill file at a time.
+const SPILL_READ: usize = 256 * 1024;
+
+impl Responder {
+    pub fn new(conn: Arc<Conn>, limits: OutputLimits) -> Responder {
+        Responder {
+            conn,
+            limits,
+            inner: Mutex::new(Inner {
+                queue: VecDeque::new(),
+                mem_bytes: 0,
+                spill: None,
+                writer: Writer::Idle,
+                finished: None,
+                failed: false,
+                waker: None,
+                consumer_watching: false,
+                on_drain: None,
+                on_finished: None,
+                completed_at: None,
+            }),
+            room: Condvar::new(),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // The state stays consistent across every unlock point, so a panic elsewhere
+        // while holding the lock leaves nothing half-updated that matters here.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    // ----- producer side -------------------------------------------------------------
+
+    /// Sends `parts` in order: straight to the socket when possible, queued otherwise.
+    /// Call it without holding the GIL: it may make one non-blocking `writev`.
+    pub fn send(&self, parts: &[Bytes]) -> Result<(), ClientGone> {
+        let parts: Vec<&Bytes> = parts.iter().filter(|p| !p.is_empty()).collect();
+        if parts.is_empty() {
+            return if self.lock().failed {
+                Err(ClientGone)
+            } else {
+                Ok(())
+            };
+        }
+        let mut inner = self.lock();
+        if inner.failed {
+            return Err(ClientGone);
+        }
+        let mut skip = 0usize;
+        if inner.queue.is_empty() && inner.writer == Writer::Idle {
+            inner.writer = Writer::Producer;
+            drop(inner);
+            let slices: Vec<IoSlice<'_>> = parts.iter().map(|p| IoSlice::new(p)).collect();
+            let result = self.conn.try_send(&slices);
+            inner = self.lock();
+            inner.writer = Writer::Idle;
+            match result {
+                Ok(n) => skip = n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(_) => {
+                    self.fail_locked(inner);
+                    return Err(ClientGone);
+                }
+            }
+        }
+        for part in parts {
+            if skip >= part.len() {
+                skip -= part.len();
+                continue;
+            }
+            let rest = part.slice(skip..);
+            skip = 0;
+            if let Err(_e) = self.enqueue(&mut inner, rest) {
+                self.fail_locked(inner);
+                return Err(ClientGone);
+            }
+        }
+        if !inner.queue.is_empty() {
+            if let Some(w) = inner.waker.take() {
+                w.wake();
+            }
+        }
+        Ok(())
+    }
+
+    fn enqueue(&self, inner: &mut Inner, data: Bytes) -> io::Result<()> {
+        if inner.mem_bytes + data.len() > self.limits.overflow {
+            let spill = match inner.spill.as_mut() {
+                Some(s) => s,
+                None => inner.spill.insert(SpillFile::new()?),
+            };
+            spill.append(&data)?;
+            match inner.queue.back_mut() {
+                Some(Chunk::Spilled(n)) => *n += data.len() as u64,
+                _ => inner.queue.push_back(Chunk::Spilled(data.len() as u64)),
+            }
+        } else {
+            inner.mem_bytes += data.len();
+            inner.queue.push_back(Chunk::Bytes(data));
+        }
+        Ok(())
+    }
+
+    /// Queues a file segment for `sendfile(2)` by the connection task.
+    pub fn send_file(&self, segment: FileSegment) -> Result<(), ClientGone> {
+        let mut inner = self.lock();
+        if inner.failed {
+            return Err(ClientGone);
+        }
+        if segment.len > 0 {
+            inner.queue.push_back(Chunk::File(segment));
+            if let Some(w) = inner.waker.take() {
+                w.wake();
+            }
+        }
+        Ok(())
+    }
+
+    /// The response is complete; the connection stays open after it if `keep_alive`.
+    pub fn finish(&self, keep_alive: bool) {
+        let mut inner = self.lock();
+        if inner.finished.is_some() {
+            return;
+        }
+        inner.finished = Some(keep_alive);
+        if inner.failed {
+            return;
+        }
+        if inner.complete() {
+            inner.completed_at = Some(Instant::now());
+            let callback = inner.on_finished.take();
+            let waker = if !keep_alive || !inner.consumer_watching {
+                inner.waker.take()
+            } else {
+                None
+            };
+            drop(inner);
+            if let Some(w) = waker {
+                w.wake();
+            }
+            if let Some(cb) = callback {
+                cb(true);
+            }
+        } else if let Some(w) = inner.waker.take() {
+            w.wake();
+        }
+    }
+
+    /// More than `high_watermark` bytes wait for the client.
+    pub fn over_watermark(&self) -> bool {
+        self.lock().pending() > self.limits.high_watermark as u64
+    }
+
+    /// Blocks until the output drains below the high watermark. Call without the GIL.
+    pub fn wait_for_room(&self) -> Result<(), ClientGone> {
+        let mut inner = self.lock();
+        while !inner.failed && inner.pending() > self.limits.high_watermark as u64 {
+            inner = self.room.wait(inner).unwrap_or_else(|e| e.into_inner());
+        }
+        if inner.failed {
+            Err(ClientGone)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Runs `resume` once the output has drained to half the high watermark, or the
+    /// client is gone (check `is_failed`), whichever comes first. Runs it at once if
+    /// that is already the case.
+    pub fn on_drain(&self, resume: Callback) {
+        let mut inner = self.lock();
+        if inner.failed || inner.pending() <= self.limits.high_watermark as u64 / 2 {
+            drop(inner);
+            resume();
+        } else {
+            inner.on_drain = Some(resume);
+        }
+    }
+
+    /// Runs `done(delivered)` once, when the response is fully written or abandoned.
+    pub fn on_finished(&self, done: FinishCallback) {
+        let mut inner = self.lock();
+        if inner.failed {
+            drop(inner);
+            done(false);
+        } else if inner.complete() {
+            drop(inner);
+            done(true);
+        } else {
+            inner.on_finished = Some(done);
+        }
+    }
+
+    pub fn is_failed(&self) -> bool {
+        self.lock().failed
+    }
+
+    // ----- consumer side (the connection task) -----------------------------------------
+
+    /// Whether the connection task is also watching the socket while it waits.
+    pub fn set_consumer_watching(&self, watching: bool) {
+        self.lock().consumer_watching = watching;
+    }
+
+    /// When the response was completed by the producer with nothing left to write.
+    pub fn completed_at(&self) -> Option<Instant> {
+        self.lock().completed_at
+    }
+
+    /// Waits for the next thing to do.
+    pub async fn next_step(&self) -> Step {
+        poll_fn(|cx| {
+            let mut inner = self.lock();
+            if inner.failed {
+                return Poll::Ready(Step::Failed);
+            }
+            if inner.writer == Writer::Idle && !inner.queue.is_empty() {
+                match self.take_batch(&mut inner) {
+                    Ok(batch) => {
+                        inner.writer = Writer::Consumer;
+                        return Poll::Ready(Step::Write(batch));
+                    }
+                    Err(_) => {
+                        self.fail_locked(inner);
+                        return Poll::Ready(Step::Failed);
+                    }
+                }
+            }
+            if inner.complete() {
+                return Poll::Ready(Step::Done {
+                    keep_alive: inner.finished.unwrap_or(false),
+                });
+            }
+            inner.waker = Some(cx.waker().clone());
+            Poll::Pending
+        })
+        .await
+    }
+
+    fn take_batch(&self, inner: &mut Inner) -> io::Result<Vec<Chunk>> {
+        let mut batch = Vec::new();
+        let mut bytes = 0usize;
+        while batch.len() < BATCH_CHUNKS && bytes < BATCH_BYTES {
+            let Some(chunk) = inner.queue.pop_front() else {
+                break;
+            };
+            match chunk {
+                Chunk::Bytes(b) => {
+                    bytes += b.len();
+                    batch.push(Chunk::Bytes(b));
+                }
+                Chunk::Spilled(n) => {
+                    let spill = inner
+                        .spill
+                        .as_mut()
+                        .ok_or_else(|| io::Error::other("spill file missing"))?;
+                    let want = usize::try_from(n).unwrap_or(usize::MAX).min(SPILL_READ);
+                    let data = spill.read_front(want)?;
+                    if (data.len() as u64) < n {
+                        inner
+                            .queue
+                            .push_front(Chunk::Spilled(n - data.len() as u64));
+                    }
+                    // Read-back bytes count as in memory until written.
+                    inner.mem_bytes += data.len();
+                    batch.push(Chunk::Bytes(data));
+                    break;
+                }
+                file @ Chunk::File(_) => {
+                    if batch.is_empty() {
+                        batch.push(file);
+                    } else {
+                        inner.queue.push_front(file);
+                    }
+                    break;
+                }
+            }
+        }
+        Ok(batch)
+    }
+
+    /// Reports that a batch from `next_step` was written in full.
+    pub fn batch_written(&self, batch_bytes: usize) {
+        let mut inner = self.lock();
+        inner.writer = Writer::Idle;
+        inner.mem_bytes = inner.mem_bytes.saturating_sub(batch_bytes);
+        let pending = inner.pending();
+        if pending <= self.limits.high_watermark as u64 {
+            self.room.notify_all();
+        }
+        let resume = if pending <= self.limits.high_watermark as u64 / 2 {
+            inner.on_drain.take()
+        } else {
+            None
+        };
+        let finished = if inner.complete() {
+            inner.completed_at = Some(Instant::now());
+            inner.on_finished.take()
+        } else {
+            None
+        };
+        drop(inner);
+        if let Some(resume) = resume {
+            resume();
+        }
+        if let Some(cb) = finished {
+            cb(true);
+        }
+    }
+
+    /// The response cannot be delivered (write error, connection closing): drop queued
+    /// output, release a waiting producer, and run pending callbacks.
+    pub fn fail(&self) {
+        let inner = self.lock();
+        self.fail_locked(inner);
+    }
+
+    fn fail_locked(&self, mut inner: MutexGuard<'_, Inner>) {
+        if inner.failed {
+            return;
+        }
+        inner.failed = true;
+        inner.queue.clear();
+        inner.mem_bytes = 0;
+        inner.spill = None;
+        let waker = inner.waker.take();
+        let resume = inner.on_drain.take();
+        let finished = inner.on_finished.take();
+        drop(inner);
+        self.room.notify_all();
+        if let Some(w) = waker {
+            w.wake();
+        }
+        if let Some(resume) = resume {
+            resume();
+        }
+        if let Some(cb) = finished {
+            cb(false);
+        }
+    }
+
+    /// Writes one batch to the socket (connection task only).
+    pub async fn write_batch(&self, batch: Vec<Chunk>) -> io::Result<()> {
+        let mut bytes_total = 0usize;
+        let mut bufs: Vec<Bytes> = Vec::with_capacity(batch.len());
+        for chunk in batch {
+            match chunk {
+                Chunk::Bytes(b) => {
+                    bytes_total += b.len();
+                    bufs.push(b);
+                }
+                Chunk::File(segment) => {
+                    self.write_bytes(&mut bufs).await?;
+                    send_file_segment(&self.conn, &segment).await?;
+                }
+                Chunk::Spilled(_) => return Err(io::Error::other("unexpected spilled chunk")),
+            }
+        }
+        self.write_bytes(&mut bufs).await?;
+        self.batch_written(bytes_total);
+        Ok(())
+    }
+
+    async fn write_bytes(&self, bufs: &mut Vec<Bytes>) -> io::Result<()> {
+        let mut first = 0;
+        while first < bufs.len() {
+            let slices: Vec<IoSlice<'_>> = bufs[first..].iter().map(|b| IoSlice::new(b)).collect();
+            let mut n = self.conn.send(&slices).await?;
+            if n == 0 {
+                return Err(io::ErrorKind::WriteZero.into());
+            }
+            while n > 0 {
+                let len = bufs[first].len();
+                if n >= len {
+                    n -= len;
+                    first += 1;
+                } else {
+                    bufs[first] = bufs[first].slice(n..);
+                    n = 0;
+                }
+            }
+        }
+        bufs.clear();
+        Ok(())
+    }
+}
+
+/// Sends a whole file segment; a file that ends early is an error (the connection must
+/// be cut, since the promised length can no longer be honoured).
+async fn send_file_segment(conn: &Conn, segment: &FileSegment) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    const MAX_SENDFILE: u64 = 1 << 30;
+    let fd = segment.file.as_raw_fd();
+    let mut sent = 0u64;
+    while sent < segment.len {
+        let want = (segment.len - sent).min(MAX_SENDFILE) as usize;
+        let n = conn.sendfile(fd, segment.offset + sent, want).await?;
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "file ended before its announced length",
+            ));
+        }
+        sent += n as u64;
+    }
+    Ok(())
+}

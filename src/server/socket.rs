@@ -1,0 +1,157 @@
+//! One accepted client socket, registered with the tokio reactor, shareable between the
+//! connection task (which reads it and finishes slow writes) and the thread that produced
+//! a response (which may write to it directly, without blocking, when nobody else is).
+
+use std::io::{self, IoSlice};
+use std::mem::MaybeUninit;
+use std::net::Shutdown;
+use std::os::fd::{AsRawFd, RawFd};
+
+use bytes::{BufMut, BytesMut};
+use socket2::Socket;
+use tokio::io::unix::AsyncFd;
+
+/// A connected, non-blocking stream socket (TCP or Unix).
+pub struct Conn {
+    io: AsyncFd<Socket>,
+}
+
+/// Registers a socket with the current tokio reactor.
+pub fn register(socket: Socket) -> io::Result<AsyncFd<Socket>> {
+    // SAFETY: a `Socket` owns its descriptor and `as_raw_fd` always returns that same
+    // descriptor; it stays open until the `AsyncFd` (which owns the `Socket`) drops.
+    Ok(unsafe { AsyncFd::register(socket) }?)
+}
+
+/// Writes never raise SIGPIPE; a vanished peer is an EPIPE error instead.
+const SEND_FLAGS: libc::c_int = libc::MSG_NOSIGNAL;
+
+impl Conn {
+    /// Registers `socket` (already non-blocking) with the current tokio reactor.
+    pub fn new(socket: Socket) -> io::Result<Conn> {
+        Ok(Conn {
+            io: register(socket)?,
+        })
+    }
+
+    pub fn raw_fd(&self) -> RawFd {
+        self.io.get_ref().as_raw_fd()
+    }
+
+    /// Reads at most `max` bytes into `buf`. `Ok(0)` means the peer finished sending.
+    pub async fn read(&self, buf: &mut BytesMut, max: usize) -> io::Result<usize> {
+        buf.reserve(max);
+        loop {
+            let mut guard = self.io.readable().await?;
+            let spare = &mut buf.spare_capacity_mut()[..max];
+            let want = spare.len();
+            match guard.try_io(|io| io.get_ref().recv(spare)) {
+                Ok(Ok(n)) => {
+                    // SAFETY: recv initialised the first `n` bytes of the spare capacity.
+                    unsafe { buf.advance_mut(n) };
+                    if n > 0 && n < want {
+                        // A short read drained the socket: wait for the next edge instead of
+                        // paying for a read that would only say EAGAIN.
+                        guard.clear_ready();
+                    }
+                    return Ok(n);
+                }
+                Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Ok(Err(e)) => return Err(e),
+                Err(_would_block) => continue,
+            }
+        }
+    }
+
+    /// One non-blocking vectored send from any thread. `WouldBlock` when the socket
+    /// buffer is full.
+    pub fn try_send(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        loop {
+            match self.io.get_ref().send_vectored_with_flags(bufs, SEND_FLAGS) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                other => return other,
+            }
+        }
+    }
+
+    /// Sends part of `bufs`, waiting for the socket to become writable if needed.
+    pub async fn send(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        loop {
+            let mut guard = self.io.writable().await?;
+            match guard.try_io(|io| loop {
+                match io.get_ref().send_vectored_with_flags(bufs, SEND_FLAGS) {
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    other => return other,
+                }
+            }) {
+                Ok(result) => return result,
+                Err(_would_block) => continue,
+            }
+        }
+    }
+
+    /// Sends all of `data`.
+    pub async fn send_all(&self, mut data: &[u8]) -> io::Result<()> {
+        while !data.is_empty() {
+            let n = self.send(&[IoSlice::new(data)]).await?;
+            if n == 0 {
+                return Err(io::ErrorKind::WriteZero.into());
+            }
+            data = &data[n..];
+        }
+        Ok(())
+    }
+
+    /// `sendfile(2)` of up to `len` bytes from `file` at `offset`, waiting for the
+    /// socket to become writable if needed. Returns bytes sent (0 means end of file).
+    pub async fn sendfile(&self, file: RawFd, offset: u64, len: usize) -> io::Result<usize> {
+        loop {
+            let mut guard = self.io.writable().await?;
+            let result = guard.try_io(|io| loop {
+                let mut off = libc::off_t::try_from(offset)
+                    .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+                // SAFETY: both descriptors are open for the duration of the call (the socket
+                // is owned by `io`, the file by the caller), and `off` is a valid pointer.
+                let n = unsafe { libc::sendfile(io.as_raw_fd(), file, &mut off, len) };
+                if n >= 0 {
+                    return Ok(n as usize);
+                }
+                let err = io::Error::last_os_error();
+                if err.kind() != io::ErrorKind::Interrupted {
+                    return Err(err);
+                }
+            });
+            match result {
+                Ok(r) => return r,
+                Err(_would_block) => continue,
+            }
+        }
+    }
+
+    pub fn shutdown_write(&self) {
+        let _ = self.io.get_ref().shutdown(Shutdown::Write);
+    }
+
+    /// Ends the connection in both directions now, even if another holder of this
+    /// `Conn` keeps the descriptor open a little longer.
+    pub fn shutdown_both(&self) {
+        let _ = self.io.get_ref().shutdown(Shutdown::Both);
+    }
+
+    /// Reads and throws away whatever the peer still sends, so that closing does not
+    /// turn into a reset that destroys the response still in flight to the client.
+    pub async fn discard_input(&self, budget: usize) {
+        let mut scratch = [MaybeUninit::<u8>::uninit(); 16384];
+        let mut left = budget;
+        while left > 0 {
+            let Ok(mut guard) = self.io.readable().await else {
+                return;
+            };
+            match guard.try_io(|io| io.get_ref().recv(&mut scratch)) {
+                Ok(Ok(0)) | Ok(Err(_)) => return,
+                Ok(Ok(n)) => left = left.saturating_sub(n),
+                Err(_would_block) => continue,
+            }
+        }
+    }
+}

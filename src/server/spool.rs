@@ -1,0 +1,231 @@
+//! Buffers that stay in memory up to a limit and then move to an anonymous temporary
+//! file: request bodies being received (`inbuf_overflow`) and response bytes that a slow
+//! client has not read yet (`outbuf_overflow`).
+
+use std::fs::File;
+use std::io::{self, Write};
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+
+/// A complete request body, ready for the application.
+#[derive(Clone, Debug)]
+pub enum Body {
+    Empty,
+    Memory(Bytes),
+    /// Spilled to an anonymous temporary file (already unlinked).
+    File {
+        file: Arc<File>,
+        len: u64,
+    },
+}
+
+impl Body {
+    pub fn len(&self) -> u64 {
+        match self {
+            Body::Empty => 0,
+            Body::Memory(b) => b.len() as u64,
+            Body::File { len, .. } => *len,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Reads up to `buf.len()` bytes at `pos`; 0 at the end.
+    pub fn read_at(&self, pos: u64, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Body::Empty => Ok(0),
+            Body::Memory(b) => {
+                let start = usize::try_from(pos).unwrap_or(usize::MAX).min(b.len());
+                let n = buf.len().min(b.len() - start);
+                buf[..n].copy_from_slice(&b[start..start + n]);
+                Ok(n)
+            }
+            Body::File { file, len } => {
+                if pos >= *len {
+                    return Ok(0);
+                }
+                let want = buf
+                    .len()
+                    .min(usize::try_from(*len - pos).unwrap_or(usize::MAX));
+                file.read_at(&mut buf[..want], pos)
+            }
+        }
+    }
+}
+
+/// Writes to a spilled body are batched into pieces of this size.
+const FILE_STAGING: usize = 64 * 1024;
+
+/// Collects a request body as it is decoded.
+pub struct BodySpool {
+    mem: BytesMut,
+    file: Option<File>,
+    len: u64,
+    overflow: usize,
+}
+
+impl BodySpool {
+    /// `overflow`: the size at which the body moves to a temporary file.
+    /// `expected`: the Content-Length, when known, to size the memory buffer once.
+    pub fn new(overflow: usize, expected: Option<u64>) -> BodySpool {
+        let initial = expected
+            .and_then(|n| usize::try_from(n).ok())
+            .filter(|&n| n < overflow)
+            .unwrap_or(0);
+        BodySpool {
+            mem: BytesMut::with_capacity(initial),
+            file: None,
+            len: 0,
+            overflow,
+        }
+    }
+
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn append(&mut self, data: &[u8]) -> io::Result<()> {
+        self.len += data.len() as u64;
+        if self.file.is_none() && self.mem.len() + data.len() >= self.overflow {
+            self.file = Some(tempfile::tempfile()?);
+        }
+        self.mem.extend_from_slice(data);
+        if self.mem.len() >= FILE_STAGING {
+            self.flush_staging()?;
+        }
+        Ok(())
+    }
+
+    fn flush_staging(&mut self) -> io::Result<()> {
+        if let Some(file) = self.file.as_mut() {
+            file.write_all(&self.mem)?;
+            self.mem.clear();
+        }
+        Ok(())
+    }
+
+    pub fn finish(mut self) -> io::Result<Body> {
+        if self.file.is_some() {
+            self.flush_staging()?;
+        }
+        Ok(match self.file {
+            Some(file) => Body::File {
+                file: Arc::new(file),
+                len: self.len,
+            },
+            None if self.len == 0 => Body::Empty,
+            None => Body::Memory(self.mem.freeze()),
+        })
+    }
+}
+
+/// Response bytes waiting for a slow client, in an anonymous temporary file used as a
+/// queue: appended at the end, read from the front, reset when drained.
+pub struct SpillFile {
+    file: File,
+    read_pos: u64,
+    write_pos: u64,
+}
+
+impl SpillFile {
+    pub fn new() -> io::Result<SpillFile> {
+        Ok(SpillFile {
+            file: tempfile::tempfile()?,
+            read_pos: 0,
+            write_pos: 0,
+        })
+    }
+
+    /// Bytes written and not yet read back.
+    pub fn pending(&self) -> u64 {
+        self.write_pos - self.read_pos
+    }
+
+    pub fn append(&mut self, data: &[u8]) -> io::Result<()> {
+        self.file.write_all_at(data, self.write_pos)?;
+        self.write_pos += data.len() as u64;
+        Ok(())
+    }
+
+    /// Reads the next bytes from the front (at most `max`).
+    pub fn read_front(&mut self, max: usize) -> io::Result<Bytes> {
+        let want = max.min(usize::try_from(self.pending()).unwrap_or(usize::MAX));
+        let mut buf = vec![0u8; want];
+        let mut filled = 0;
+        while filled < want {
+            let n = self
+                .file
+                .read_at(&mut buf[filled..], self.read_pos + filled as u64)?;
+            if n == 0 {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+            filled += n;
+        }
+        self.read_pos += want as u64;
+        if self.read_pos == self.write_pos {
+            // Drained: start again at the front so the file does not grow forever.
+            self.file.set_len(0)?;
+            self.read_pos = 0;
+            self.write_pos = 0;
+        }
+        Ok(Bytes::from(buf))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn small_body_stays_in_memory() {
+        let mut spool = BodySpool::new(10, Some(3));
+        spool.append(b"abc").unwrap();
+        match spool.finish().unwrap() {
+            Body::Memory(b) => assert_eq!(&b[..], b"abc"),
+            other => panic!("expected memory, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn large_body_moves_to_file() {
+        let mut spool = BodySpool::new(10, None);
+        for _ in 0..10_000 {
+            spool.append(b"0123456789").unwrap();
+        }
+        let body = spool.finish().unwrap();
+        assert!(matches!(body, Body::File { len: 100_000, .. }));
+        let mut buf = [0u8; 12];
+        assert_eq!(body.read_at(99_995, &mut buf).unwrap(), 5);
+        assert_eq!(&buf[..5], b"56789");
+        assert_eq!(body.read_at(100_000, &mut buf).unwrap(), 0);
+    }
+
+    #[test]
+    fn empty_body() {
+        assert!(matches!(
+            BodySpool::new(10, None).finish().unwrap(),
+            Body::Empty
+        ));
+    }
+
+    #[test]
+    fn spill_file_is_a_queue() {
+        let mut spill = SpillFile::new().unwrap();
+        spill.append(b"hello ").unwrap();
+        spill.append(b"world").unwrap();
+        assert_eq!(&spill.read_front(4).unwrap()[..], b"hell");
+        assert_eq!(spill.pending(), 7);
+        assert_eq!(&spill.read_front(100).unwrap()[..], b"o world");
+        assert_eq!(spill.pending(), 0);
+        spill.append(b"again").unwrap();
+        assert_eq!(&spill.read_front(100).unwrap()[..], b"again");
+    }
+}

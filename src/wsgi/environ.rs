@@ -1,0 +1,442 @@
+//! Builds the WSGI environ (PEP 3333 plus Waitress's extra keys) for one request.
+//!
+//! Keys are interned Python strings created once per server, and values that never
+//! change (protocol names, common methods, url scheme, server name) are cached objects,
+//! so a typical request allocates only the strings that really differ.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Mutex;
+
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyString, PyTuple};
+
+use super::WsgiConfig;
+use crate::http::request::has_http_scheme;
+use crate::http::{BodyFraming, Version};
+use crate::server::{Peer, Request};
+
+/// A Python `str` from bytes taken as latin-1 (PEP 3333's "bytes tunnelled in str").
+pub fn latin1<'py>(py: Python<'py>, bytes: &[u8]) -> PyResult<Bound<'py, PyString>> {
+    let len = pyo3::ffi::Py_ssize_t::try_from(bytes.len())
+        .map_err(|_| pyo3::exceptions::PyOverflowError::new_err("string too long"))?;
+    // SAFETY: the pointer and length describe a live byte slice; DecodeLatin1 copies it
+    // and returns a new reference or NULL with an exception set.
+    unsafe {
+        let ptr = pyo3::ffi::PyUnicode_DecodeLatin1(bytes.as_ptr().cast(), len, std::ptr::null());
+        Ok(Bound::from_owned_ptr_or_err(py, ptr)?.cast_into_unchecked())
+    }
+}
+
+macro_rules! keys {
+    ($($field:ident = $name:literal),* $(,)?) => {
+        /// Interned environ keys.
+        struct Keys { $($field: Py<PyString>,)* }
+        impl Keys {
+            fn new(py: Python<'_>) -> Keys {
+                Keys { $($field: PyString::intern(py, $name).unbind(),)* }
+            }
+        }
+    };
+}
+
+keys! {
+    request_method = "REQUEST_METHOD",
+    script_name = "SCRIPT_NAME",
+    path_info = "PATH_INFO",
+    query_string = "QUERY_STRING",
+    request_uri = "REQUEST_URI",
+    server_name = "SERVER_NAME",
+    server_port = "SERVER_PORT",
+    server_protocol = "SERVER_PROTOCOL",
+    server_software = "SERVER_SOFTWARE",
+    remote_addr = "REMOTE_ADDR",
+    remote_host = "REMOTE_HOST",
+    remote_port = "REMOTE_PORT",
+    content_length = "CONTENT_LENGTH",
+    wsgi_version = "wsgi.version",
+    wsgi_url_scheme = "wsgi.url_scheme",
+    wsgi_input = "wsgi.input",
+    wsgi_errors = "wsgi.errors",
+    wsgi_multithread = "wsgi.multithread",
+    wsgi_multiprocess = "wsgi.multiprocess",
+    wsgi_run_once = "wsgi.run_once",
+    wsgi_input_terminated = "wsgi.input_terminated",
+    wsgi_file_wrapper = "wsgi.file_wrapper",
+    waitress_disconnected = "waitress.client_disconnected",
+    tapster_disconnected = "tapster.client_disconnected",
+}
+
+/// Header names whose environ keys are interned up front.
+const COMMON_FIELDS: &[&str] = &[
+    "HOST",
+    "USER_AGENT",
+    "ACCEPT",
+    "ACCEPT_ENCODING",
+    "ACCEPT_LANGUAGE",
+    "ACCEPT_CHARSET",
+    "CONNECTION",
+    "COOKIE",
+    "CACHE_CONTROL",
+    "PRAGMA",
+    "REFERER",
+    "ORIGIN",
+    "AUTHORIZATION",
+    "IF_MODIFIED_SINCE",
+    "IF_NONE_MATCH",
+    "IF_MATCH",
+    "IF_UNMODIFIED_SINCE",
+    "IF_RANGE",
+    "RANGE",
+    "UPGRADE_INSECURE_REQUESTS",
+    "DNT",
+    "TE",
+    "VIA",
+    "EXPECT",
+    "X_REQUESTED_WITH",
+    "X_REAL_IP",
+    "X_CSRFTOKEN",
+    "X_CSRF_TOKEN",
+    "SEC_FETCH_DEST",
+    "SEC_FETCH_MODE",
+    "SEC_FETCH_SITE",
+    "SEC_FETCH_USER",
+    "SEC_CH_UA",
+    "SEC_CH_UA_MOBILE",
+    "SEC_CH_UA_PLATFORM",
+    "KEEP_ALIVE",
+    "PRIORITY",
+    "CONTENT_ENCODING",
+    "CONTENT_MD5",
+    "ACCEPT_DATETIME",
+];
+
+/// Most header keys remembered after start-up (names outside `COMMON_FIELDS`).
+const MAX_LEARNED_FIELDS: usize = 512;
+
+/// Proxy headers removed from the environ when they come from an untrusted peer.
+const PROXY_FIELDS: &[&[u8]] = &[
+    b"X_FORWARDED_FOR",
+    b"X_FORWARDED_HOST",
+    b"X_FORWARDED_PROTO",
+    b"X_FORWARDED_PORT",
+    b"X_FORWARDED_BY",
+    b"FORWARDED",
+];
+
+const METHODS: &[&str] = &["GET", "POST", "HEAD", "PUT", "DELETE", "PATCH", "OPTIONS"];
+
+/// Everything about the environ that is the same for every request of a server.
+pub struct EnvironTemplate {
+    keys: Keys,
+    version: Py<PyTuple>,
+    url_scheme: Py<PyString>,
+    script_name: Py<PyString>,
+    server_name: Py<PyString>,
+    server_software: Py<PyAny>,
+    http10: Py<PyString>,
+    http11: Py<PyString>,
+    localhost: Py<PyString>,
+    none_str: Py<PyString>,
+    methods: Vec<Py<PyString>>,
+    file_wrapper: Py<PyAny>,
+    sys: Py<PyModule>,
+    content_type: Py<PyString>,
+    /// `HTTP_*` key bytes (after the prefix) to interned key objects.
+    fields: Mutex<HashMap<Vec<u8>, Py<PyString>>>,
+    url_prefix: Vec<u8>,
+    clear_proxy_headers: bool,
+}
+
+impl EnvironTemplate {
+    pub fn new(
+        py: Python<'_>,
+        config: &WsgiConfig,
+        ident: Option<&str>,
+        file_wrapper: Py<PyAny>,
+    ) -> PyResult<EnvironTemplate> {
+        let fields = COMMON_FIELDS
+            .iter()
+            .map(|name| {
+                let key = PyString::intern(py, &format!("HTTP_{name}")).unbind();
+                (name.as_bytes().to_vec(), key)
+            })
+            .collect();
+        Ok(EnvironTemplate {
+            keys: Keys::new(py),
+            version: PyTuple::new(py, [1, 0])?.unbind(),
+            url_scheme: PyString::intern(py, &config.url_scheme).unbind(),
+            script_name: PyString::new(py, &config.url_prefix).unbind(),
+            server_name: PyString::new(py, &config.server_name).unbind(),
+            server_software: match ident {
+                Some(ident) => PyString::new(py, ident).into_any().unbind(),
+                None => py.None(),
+            },
+            http10: PyString::intern(py, "HTTP/1.0").unbind(),
+            http11: PyString::intern(py, "HTTP/1.1").unbind(),
+            localhost: PyString::intern(py, "localhost").unbind(),
+            none_str: PyString::intern(py, "None").unbind(),
+            methods: METHODS
+                .iter()
+                .map(|m| PyString::intern(py, m).unbind())
+                .collect(),
+            file_wrapper,
+            sys: py.import("sys")?.unbind(),
+            content_type: PyString::intern(py, "CONTENT_TYPE").unbind(),
+            fields: Mutex::new(fields),
+            url_prefix: config.url_prefix.as_bytes().to_vec(),
+            clear_proxy_headers: config.clear_untrusted_proxy_headers,
+        })
+    }
+
+    /// The interned `HTTP_*` key for a header whose name was upper-cased with `-` → `_`.
+    fn field_key<'py>(&self, py: Python<'py>, upper: &[u8]) -> PyResult<Bound<'py, PyString>> {
+        let mut fields = self.fields.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(key) = fields.get(upper) {
+            return Ok(key.bind(py).clone());
+        }
+        let mut name = Vec::with_capacity(upper.len() + 5);
+        name.extend_from_slice(b"HTTP_");
+        name.extend_from_slice(upper);
+        let key = latin1(py, &name)?;
+        if fields.len() < MAX_LEARNED_FIELDS {
+            fields.insert(upper.to_vec(), key.clone().unbind());
+        }
+        Ok(key)
+    }
+
+    fn method<'py>(&self, py: Python<'py>, method: &[u8]) -> PyResult<Bound<'py, PyString>> {
+        for (name, obj) in METHODS.iter().zip(&self.methods) {
+            if name.as_bytes() == method {
+                return Ok(obj.bind(py).clone());
+            }
+        }
+        latin1(py, method)
+    }
+
+    /// Builds the environ. `input` is `wsgi.input`; `disconnected` the callable offered as
+    /// `waitress.client_disconnected`. Also returns the decoded path, for log lines.
+    pub fn build<'py>(
+        &self,
+        py: Python<'py>,
+        request: &Request,
+        input: Bound<'py, PyAny>,
+        disconnected: Bound<'py, PyAny>,
+    ) -> PyResult<(Bound<'py, PyDict>, Vec<u8>)> {
+        let k = &self.keys;
+        let head = &request.head;
+        let env = PyDict::new(py);
+        let target = head.target();
+        let (raw_path, query) = split_target(target);
+        let decoded = percent_decode(raw_path);
+        let path = collapse_leading_slashes(&decoded);
+        let path_info = strip_prefix(path, &self.url_prefix);
+
+        env.set_item(&k.request_method, self.method(py, head.method())?)?;
+        env.set_item(&k.script_name, self.script_name.bind(py))?;
+        env.set_item(&k.path_info, latin1(py, path_info)?)?;
+        env.set_item(&k.query_string, latin1(py, query)?)?;
+        env.set_item(&k.request_uri, latin1(py, target)?)?;
+        env.set_item(&k.server_name, self.server_name.bind(py))?;
+        env.set_item(&k.server_port, &request.conn.listener.server_port)?;
+        let protocol = match head.version {
+            Version::Http10 => &self.http10,
+            Version::Http11 => &self.http11,
+        };
+        env.set_item(&k.server_protocol, protocol.bind(py))?;
+        env.set_item(&k.server_software, self.server_software.bind(py))?;
+        match &request.conn.peer {
+            Peer::Tcp(addr) => {
+                let ip = match addr.ip() {
+                    IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
+                    v4 => v4,
+                };
+                let ip = PyString::new(py, &ip.to_string());
+                env.set_item(&k.remote_addr, &ip)?;
+                env.set_item(&k.remote_host, &ip)?;
+                env.set_item(&k.remote_port, addr.port().to_string())?;
+            }
+            Peer::Unix => {
+                env.set_item(&k.remote_addr, self.localhost.bind(py))?;
+                env.set_item(&k.remote_host, self.localhost.bind(py))?;
+                env.set_item(&k.remote_port, self.none_str.bind(py))?;
+            }
+        }
+        env.set_item(&k.wsgi_version, self.version.bind(py))?;
+        env.set_item(&k.wsgi_url_scheme, self.url_scheme.bind(py))?;
+        env.set_item(&k.wsgi_input, input)?;
+        env.set_item(&k.wsgi_errors, self.sys.bind(py).getattr("stderr")?)?;
+        env.set_item(&k.wsgi_multithread, true)?;
+        env.set_item(&k.wsgi_multiprocess, false)?;
+        env.set_item(&k.wsgi_run_once, false)?;
+        env.set_item(&k.wsgi_input_terminated, true)?;
+        env.set_item(&k.wsgi_file_wrapper, self.file_wrapper.bind(py))?;
+        env.set_item(&k.waitress_disconnected, &disconnected)?;
+        env.set_item(&k.tapster_disconnected, &disconnected)?;
+        self.add_fields(py, &env, request)?;
+        Ok((env, path_info.to_vec()))
+    }
+
+    /// Adds CONTENT_TYPE, CONTENT_LENGTH and the `HTTP_*` keys.
+    fn add_fields(
+        &self,
+        py: Python<'_>,
+        env: &Bound<'_, PyDict>,
+        request: &Request,
+    ) -> PyResult<()> {
+        let head = &request.head;
+        // (upper-cased name, value); repeated names are joined with ", " in arrival order.
+        let mut merged: Vec<(Vec<u8>, Cow<'_, [u8]>)> = Vec::with_capacity(head.fields().len());
+        for (name, value) in head.fields() {
+            if name.contains(&b'_') {
+                // Underscores would make e.g. "X-Auth_User" collide with "X-Auth-User".
+                continue;
+            }
+            let upper: Vec<u8> = name
+                .iter()
+                .map(|&b| {
+                    if b == b'-' {
+                        b'_'
+                    } else {
+                        b.to_ascii_uppercase()
+                    }
+                })
+                .collect();
+            if upper == b"TRANSFER_ENCODING" {
+                continue;
+            }
+            if self.clear_proxy_headers && PROXY_FIELDS.contains(&upper.as_slice()) {
+                continue;
+            }
+            match merged.iter_mut().find(|(n, _)| *n == upper) {
+                Some((_, joined)) => {
+                    let v = joined.to_mut();
+                    v.extend_from_slice(b", ");
+                    v.extend_from_slice(value);
+                }
+                None => merged.push((upper, Cow::Borrowed(value))),
+            }
+        }
+        for (upper, value) in &merged {
+            let value = latin1(py, value)?;
+            match upper.as_slice() {
+                b"CONTENT_TYPE" => env.set_item(self.content_type.bind(py), value)?,
+                b"CONTENT_LENGTH" => {
+                    if head.framing != BodyFraming::Chunked {
+                        env.set_item(&self.keys.content_length, value)?;
+                    }
+                }
+                _ => env.set_item(self.field_key(py, upper)?, value)?,
+            }
+        }
+        if head.framing == BodyFraming::Chunked {
+            env.set_item(&self.keys.content_length, request.body.len().to_string())?;
+        }
+        Ok(())
+    }
+}
+
+/// Splits a request target into (path, query), dropping any fragment. Absolute-form
+/// targets lose their scheme and authority; `*` stays `*`.
+pub fn split_target(target: &[u8]) -> (&[u8], &[u8]) {
+    let without_fragment = match memchr::memchr(b'#', target) {
+        Some(i) => &target[..i],
+        None => target,
+    };
+    let (path, query) = match memchr::memchr(b'?', without_fragment) {
+        Some(i) => (&without_fragment[..i], &without_fragment[i + 1..]),
+        None => (without_fragment, &b""[..]),
+    };
+    if !path.starts_with(b"/") && has_http_scheme(path) {
+        let after_scheme = memchr::memmem::find(path, b"://").map_or(0, |i| i + 3);
+        let rest = &path[after_scheme..];
+        let path = match memchr::memchr(b'/', rest) {
+            Some(i) => &rest[i..],
+            None => &b""[..],
+        };
+        return (path, query);
+    }
+    (path, query)
+}
+
+/// `%XX` sequences become bytes; anything else (including a bad `%`) is kept as is.
+pub fn percent_decode(path: &[u8]) -> Cow<'_, [u8]> {
+    if !path.contains(&b'%') {
+        return Cow::Borrowed(path);
+    }
+    let hex = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
+    let mut out = Vec::with_capacity(path.len());
+    let mut i = 0;
+    while i < path.len() {
+        if path[i] == b'%' && i + 2 < path.len() {
+            if let (Some(h), Some(l)) = (hex(path[i + 1]), hex(path[i + 2])) {
+                out.push(h << 4 | l);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(path[i]);
+        i += 1;
+    }
+    Cow::Owned(out)
+}
+
+/// `///a//b` → `/a//b`: only the leading run of slashes collapses.
+pub fn collapse_leading_slashes(path: &[u8]) -> &[u8] {
+    let slashes = path.iter().take_while(|&&b| b == b'/').count();
+    if slashes > 1 {
+        &path[slashes - 1..]
+    } else {
+        path
+    }
+}
+
+/// PATH_INFO under `url_prefix`: `""` for the prefix itself, the rest for paths below it,
+/// and the path unchanged otherwise.
+pub fn strip_prefix<'a>(path: &'a [u8], prefix: &[u8]) -> &'a [u8] {
+    if prefix.is_empty() {
+        return path;
+    }
+    if path == prefix {
+        return b"";
+    }
+    if path.starts_with(prefix) && path.get(prefix.len()) == Some(&b'/') {
+        return &path[prefix.len()..];
+    }
+    path
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets() {
+        assert_eq!(split_target(b"/a/b?x=1&y"), (&b"/a/b"[..], &b"x=1&y"[..]));
+        assert_eq!(split_target(b"/a#frag?x"), (&b"/a"[..], &b""[..]));
+        assert_eq!(split_target(b"http://h:99/p?q"), (&b"/p"[..], &b"q"[..]));
+        assert_eq!(split_target(b"http://h"), (&b""[..], &b""[..]));
+        assert_eq!(split_target(b"*"), (&b"*"[..], &b""[..]));
+        assert_eq!(split_target(b"//x/y?z"), (&b"//x/y"[..], &b"z"[..]));
+    }
+
+    #[test]
+    fn decoding() {
+        assert_eq!(&*percent_decode(b"/a%2Fb%e9%zz%4"), b"/a/b\xe9%zz%4");
+        assert_eq!(&*percent_decode(b"/%"), b"/%");
+        assert_eq!(&*percent_decode(b"/%4"), b"/%4");
+        assert_eq!(&*percent_decode(b"/%41"), b"/A");
+        assert_eq!(collapse_leading_slashes(b"///abc"), b"/abc");
+        assert_eq!(collapse_leading_slashes(b"//x//y"), b"/x//y");
+        assert_eq!(collapse_leading_slashes(b"/x"), b"/x");
+    }
+
+    #[test]
+    fn prefixes() {
+        assert_eq!(strip_prefix(b"/app", b"/app"), b"");
+        assert_eq!(strip_prefix(b"/app/x", b"/app"), b"/x");
+        assert_eq!(strip_prefix(b"/apple", b"/app"), b"/apple");
+        assert_eq!(strip_prefix(b"/x", b""), b"/x");
+    }
+}

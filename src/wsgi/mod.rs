@@ -1,0 +1,42 @@
+//! The only part of Tapster that touches Python: the worker pool that runs the
+//! application with the GIL, the environ, `wsgi.input`, `start_response` and `write`,
+//! draining the app_iter, `wsgi.file_wrapper`, error pages and logging.
+//!
+//! Everything that could block on a socket is handed to `server::Responder` with the
+//! GIL released.
+
+pub mod environ;
+pub mod file_wrapper;
+pub mod input;
+pub mod log;
+pub mod pool;
+pub mod py_server;
+pub mod response;
+pub mod start_response;
+
+/// The options that shape what the application sees (the rest live in `Config`).
+#[derive(Clone, Debug)]
+pub struct WsgiConfig {
+    /// Default `wsgi.url_scheme`.
+    pub url_scheme: String,
+    /// SCRIPT_NAME; stripped from the front of PATH_INFO.
+    pub url_prefix: String,
+    /// SERVER_NAME for every request.
+    pub server_name: String,
+    /// Put the traceback in the body of a 500 page.
+    pub expose_tracebacks: bool,
+    /// Remove X-Forwarded-* and Forwarded headers that come from untrusted peers.
+    pub clear_untrusted_proxy_headers: bool,
+}
+
+impl Default for WsgiConfig {
+    fn default() -> Self {
+        WsgiConfig {
+            url_scheme: "http".into(),
+            url_prefix: String::new(),
+            server_name: "waitress.invalid".into(),
+            expose_tracebacks: false,
+            clear_untrusted_proxy_headers: true,
+        }
+    }
+}

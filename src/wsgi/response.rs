@@ -1,0 +1,443 @@
+//! Runs one request through the application and drains its response: builds the
+//! environ, calls the app, iterates the app_iter (lists without the iterator protocol,
+//! `wsgi.file_wrapper` by reading its file), frames and sends each chunk, and always
+//! calls `close()`.
+//!
+//! When more than `outbuf_high_watermark` bytes wait for a slow client, the exchange
+//! parks itself with the `Responder` and the worker thread moves on; the connection task
+//! resubmits it to the pool once the client has caught up.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyList, PyTuple};
+
+use super::environ::EnvironTemplate;
+use super::file_wrapper::FileWrapper;
+use super::input::Input;
+use super::log::Loggers;
+use super::pool::{Job, PoolShared};
+use super::start_response::{
+    chunk_bytes, ClientDisconnected, RequestFacts, ResponseSettings, ResponseState, StartResponse,
+};
+use crate::server::{ConnInfo, LogLevel, Request};
+
+/// Bytes asked of a file's `read()` at a time when it is sent by the server.
+const FILE_READ: usize = 256 * 1024;
+
+/// Everything the workers share: the application and how to present requests to it.
+pub struct AppContext {
+    pub app: Py<PyAny>,
+    pub template: EnvironTemplate,
+    pub loggers: Arc<Loggers>,
+    pub settings: Arc<ResponseSettings>,
+    pub pool: Arc<PoolShared>,
+}
+
+/// The `waitress.client_disconnected` / `tapster.client_disconnected` callable.
+#[pyclass(module = "tapster._tapster", name = "ClientDisconnectedCheck", frozen)]
+pub struct DisconnectCheck {
+    conn: Arc<ConnInfo>,
+}
+
+#[pymethods]
+impl DisconnectCheck {
+    fn __call__(&self) -> bool {
+        self.conn.client_disconnected()
+    }
+}
+
+/// Where the rest of the body comes from.
+enum Source {
+    /// A Python iterator (from `iter(app_iter)`).
+    Iter(Py<PyAny>),
+    /// A list or tuple, walked by index.
+    Seq {
+        items: Py<PyAny>,
+        next: usize,
+    },
+    /// A file-like object behind `wsgi.file_wrapper`, read in blocks; `remaining` is
+    /// the byte count still to send when the size is known.
+    File {
+        filelike: Py<PyAny>,
+        remaining: Option<u64>,
+        block: usize,
+    },
+    Done,
+}
+
+/// One request in progress, possibly parked between chunks.
+pub struct Exchange {
+    start: Py<StartResponse>,
+    app_iter: Option<Py<PyAny>>,
+    source: Source,
+    path: Vec<u8>,
+}
+
+impl Exchange {
+    pub fn responder(&self, py: Python<'_>) -> Arc<crate::server::Responder> {
+        self.start.bind(py).borrow().state.responder.clone()
+    }
+}
+
+impl AppContext {
+    /// Runs a new request.
+    pub fn handle_request(self: &Arc<Self>, py: Python<'_>, request: Request) {
+        let facts = RequestFacts {
+            version: request.head.version,
+            head_request: request.head.is_head(),
+            client_keep_alive: request.head.keep_alive,
+        };
+        let state = ResponseState::new(
+            request.responder.clone(),
+            request.conn.clone(),
+            facts,
+            self.settings.clone(),
+            self.loggers.clone(),
+        );
+        let start = match Py::new(py, StartResponse { state }) {
+            Ok(s) => s,
+            Err(err) => {
+                err.print(py);
+                request.responder.fail();
+                return;
+            }
+        };
+        let mut exchange = Exchange {
+            start,
+            app_iter: None,
+            source: Source::Done,
+            path: Vec::new(),
+        };
+        let prepared = self.call_app(py, &request, &mut exchange);
+        drop(request);
+        match prepared {
+            Ok(()) => self.drive(py, Box::new(exchange)),
+            Err(err) => self.fail(py, Box::new(exchange), err),
+        }
+    }
+
+    fn call_app(&self, py: Python<'_>, request: &Request, exchange: &mut Exchange) -> PyResult<()> {
+        let input = Bound::new(py, Input::new(request.body.clone()))?.into_any();
+        let check = Bound::new(
+            py,
+            DisconnectCheck {
+                conn: request.conn.clone(),
+            },
+        )?
+        .into_any();
+        let (environ, path) = self.template.build(py, request, input, check)?;
+        exchange.path = path;
+        let result = self
+            .app
+            .bind(py)
+            .call1((environ, exchange.start.bind(py)))?;
+        exchange.app_iter = Some(result.clone().unbind());
+        exchange.source = self.source_for(py, &result, exchange)?;
+        Ok(())
+    }
+
+    /// Picks how to walk the app_iter, and works out a Content-Length where the whole
+    /// body is known up front.
+    fn source_for(
+        &self,
+        py: Python<'_>,
+        result: &Bound<'_, PyAny>,
+        exchange: &Exchange,
+    ) -> PyResult<Source> {
+        if let Ok(wrapper) = result.cast::<FileWrapper>() {
+            let wrapper = wrapper.borrow();
+            if wrapper.is_seekable(py) {
+                return self.file_source(py, &wrapper, exchange);
+            }
+            return Ok(Source::Iter(result.try_iter()?.into_any().unbind()));
+        }
+        let items = if let Ok(list) = result.cast::<PyList>() {
+            Some(list.as_any().clone())
+        } else if let Ok(tuple) = result.cast::<PyTuple>() {
+            Some(tuple.as_any().clone())
+        } else {
+            None
+        };
+        if let Some(items) = items {
+            return Ok(Source::Seq {
+                items: items.unbind(),
+                next: 0,
+            });
+        }
+        Ok(Source::Iter(result.try_iter()?.into_any().unbind()))
+    }
+
+    /// A seekable file: its remaining size becomes the Content-Length (an application's
+    /// smaller Content-Length is honoured, a larger one corrected).
+    fn file_source(
+        &self,
+        py: Python<'_>,
+        wrapper: &FileWrapper,
+        exchange: &Exchange,
+    ) -> PyResult<Source> {
+        let f = wrapper.filelike.bind(py);
+        let pos: u64 = f.call_method0("tell")?.extract()?;
+        let end: u64 = f.call_method1("seek", (0, 2))?.extract()?;
+        f.call_method1("seek", (pos,))?;
+        let size = end.saturating_sub(pos);
+        let mut start = exchange.start.bind(py).borrow_mut();
+        let length = match start.state.content_length {
+            Some(declared) if declared < size => declared,
+            _ => size,
+        };
+        start.state.content_length = Some(length);
+        Ok(Source::File {
+            filelike: wrapper.filelike.clone_ref(py),
+            remaining: Some(length),
+            block: wrapper.block_size.max(FILE_READ),
+        })
+    }
+
+    /// Pulls chunks and sends them until the body ends, the client falls behind (park),
+    /// or something fails.
+    pub fn drive(self: &Arc<Self>, py: Python<'_>, mut exchange: Box<Exchange>) {
+        loop {
+            let step = self.next_chunks(py, &mut exchange);
+            let chunks = match step {
+                Ok(Some(chunks)) => chunks,
+                Ok(None) => break,
+                Err(err) => return self.fail(py, exchange, err),
+            };
+            let sent = {
+                let mut start = exchange.start.bind(py).borrow_mut();
+                start.state.send(py, chunks)
+            };
+            if let Err(err) = sent {
+                return self.fail(py, exchange, err.into_pyerr());
+            }
+            let (responder, head_request, head_sent) = {
+                let start = exchange.start.bind(py).borrow();
+                (
+                    start.state.responder.clone(),
+                    start.state.facts.head_request,
+                    start.state.head_sent(),
+                )
+            };
+            if head_request && head_sent {
+                // A HEAD response has no body: once the head is out, stop iterating.
+                exchange.source = Source::Done;
+                continue;
+            }
+            if responder.over_watermark() {
+                let ctx = self.clone();
+                responder.on_drain(Box::new(move || {
+                    ctx.pool.submit(Job::Resume(exchange));
+                }));
+                return;
+            }
+        }
+        let finished = {
+            let mut start = exchange.start.bind(py).borrow_mut();
+            start.state.finish(py, &exchange.path)
+        };
+        match finished {
+            Ok(()) => self.close(py, &mut exchange),
+            Err(err) => self.fail(py, exchange, err.into_pyerr()),
+        }
+    }
+
+    /// The next chunks to send, `None` at the end of the body. A list or tuple hands
+    /// over everything at once (with the Content-Length computed first).
+    fn next_chunks(&self, py: Python<'_>, exchange: &mut Exchange) -> PyResult<Option<Vec<Bytes>>> {
+        if exchange.start.bind(py).borrow().state.responder.is_failed() {
+            return Err(ClientDisconnected::new_err("client disconnected"));
+        }
+        match &mut exchange.source {
+            Source::Done => Ok(None),
+            Source::Seq { items, next } => {
+                let items = items.bind(py).clone();
+                let len = items.len()?;
+                if *next >= len {
+                    exchange.source = Source::Done;
+                    return Ok(None);
+                }
+                let mut chunks = Vec::with_capacity(len - *next);
+                let mut total = 0u64;
+                for i in *next..len {
+                    let item = items.get_item(i)?;
+                    let bytes = as_bytes(&item)?;
+                    total += bytes.as_bytes().len() as u64;
+                    chunks.push(chunk_bytes(bytes));
+                }
+                exchange.source = Source::Done;
+                let mut start = exchange.start.bind(py).borrow_mut();
+                if !start.state.head_sent() && start.state.content_length.is_none() {
+                    start.state.content_length = Some(total);
+                }
+                Ok(Some(chunks))
+            }
+            Source::Iter(iter) => {
+                let iter = iter.bind(py).clone();
+                loop {
+                    let Some(item) = next_item(&iter)? else {
+                        exchange.source = Source::Done;
+                        return Ok(None);
+                    };
+                    let bytes = as_bytes(&item)?;
+                    if bytes.as_bytes().is_empty() {
+                        continue;
+                    }
+                    return Ok(Some(vec![chunk_bytes(bytes)]));
+                }
+            }
+            Source::File {
+                filelike,
+                remaining,
+                block,
+            } => {
+                let want = match *remaining {
+                    Some(0) => {
+                        exchange.source = Source::Done;
+                        return Ok(None);
+                    }
+                    Some(n) => n.min(*block as u64) as usize,
+                    None => *block,
+                };
+                if exchange.start.bind(py).borrow().state.facts.head_request {
+                    exchange.source = Source::Done;
+                    return Ok(None);
+                }
+                let data = filelike.bind(py).call_method1("read", (want,))?;
+                let bytes = data.cast::<PyBytes>().map_err(|_| {
+                    pyo3::exceptions::PyTypeError::new_err("file_wrapper: read() must return bytes")
+                })?;
+                let n = bytes.as_bytes().len() as u64;
+                if n == 0 {
+                    // The file ended early; `finish` reports the shortfall and closes.
+                    exchange.source = Source::Done;
+                    return Ok(None);
+                }
+                if let Some(r) = remaining {
+                    *r = r.saturating_sub(n);
+                }
+                Ok(Some(vec![chunk_bytes(bytes)]))
+            }
+        }
+    }
+
+    /// Something raised (or the client left): log it, answer 500 if the head is still
+    /// unsent, otherwise cut the connection; then close the app_iter.
+    pub fn fail(&self, py: Python<'_>, mut exchange: Box<Exchange>, err: PyErr) {
+        let path = String::from_utf8_lossy(&exchange.path).into_owned();
+        let gone = err.is_instance_of::<ClientDisconnected>(py)
+            || exchange.start.bind(py).borrow().state.responder.is_failed();
+        if gone {
+            self.loggers.log(
+                py,
+                LogLevel::Info,
+                &format!("Client disconnected while serving {path}"),
+            );
+            exchange.start.bind(py).borrow().state.responder.fail();
+        } else {
+            self.loggers
+                .exception(py, &format!("Exception while serving {path}"), &err);
+            let page = {
+                let start = exchange.start.bind(py).borrow();
+                if start.state.head_sent() {
+                    None
+                } else {
+                    let detail = if start.state.settings().expose_tracebacks {
+                        format_traceback(py, &err)
+                    } else {
+                        "The server encountered an unexpected internal server error".to_owned()
+                    };
+                    Some((
+                        start.state.error_page(&detail),
+                        start.state.responder.clone(),
+                    ))
+                }
+            };
+            match page {
+                Some((page, responder)) => {
+                    let page = Bytes::from(page);
+                    let _ = py.detach(|| responder.send(&[page]));
+                    responder.finish(false);
+                }
+                None => exchange.start.bind(py).borrow().state.abort(),
+            }
+        }
+        self.close(py, &mut exchange);
+    }
+
+    /// Calls the app_iter's `close()` (the file's, for a file wrapper), logging errors.
+    fn close(&self, py: Python<'_>, exchange: &mut Exchange) {
+        exchange.source = Source::Done;
+        let Some(app_iter) = exchange.app_iter.take() else {
+            return;
+        };
+        let app_iter = app_iter.bind(py);
+        let result = match app_iter.hasattr("close") {
+            Ok(true) => app_iter.call_method0("close").map(drop),
+            Ok(false) => Ok(()),
+            Err(e) => Err(e),
+        };
+        if let Err(err) = result {
+            let path = String::from_utf8_lossy(&exchange.path).into_owned();
+            self.loggers.exception(
+                py,
+                &format!("Exception while closing the app_iter of {path}"),
+                &err,
+            );
+            let start = exchange.start.bind(py).borrow();
+            if !start.state.head_sent() {
+                start.state.responder.finish(false);
+            }
+        }
+    }
+
+    /// Continues a parked exchange once its client has drained the output.
+    pub fn resume(self: &Arc<Self>, py: Python<'_>, exchange: Box<Exchange>) {
+        self.drive(py, exchange);
+    }
+}
+
+fn as_bytes<'a, 'py>(item: &'a Bound<'py, PyAny>) -> PyResult<&'a Bound<'py, PyBytes>> {
+    item.cast::<PyBytes>().map_err(|_| {
+        pyo3::exceptions::PyTypeError::new_err(format!(
+            "the application returned a non-bytes object in its response: {}",
+            item.get_type()
+                .name()
+                .map(|n| n.to_string())
+                .unwrap_or_default()
+        ))
+    })
+}
+
+/// `next(iterator)`, with the end of iteration as `None`.
+fn next_item<'py>(iter: &Bound<'py, PyAny>) -> PyResult<Option<Bound<'py, PyAny>>> {
+    let py = iter.py();
+    // SAFETY: `iter` is a live iterator object; PyIter_Next returns a new reference, or
+    // NULL at the end (no exception set) or on error (exception set).
+    unsafe {
+        let ptr = pyo3::ffi::PyIter_Next(iter.as_ptr());
+        if ptr.is_null() {
+            return match PyErr::take(py) {
+                Some(err) => Err(err),
+                None => Ok(None),
+            };
+        }
+        Ok(Some(Bound::from_owned_ptr(py, ptr)))
+    }
+}
+
+fn format_traceback(py: Python<'_>, err: &PyErr) -> String {
+    let formatted = (|| -> PyResult<String> {
+        let traceback = py.import("traceback")?;
+        let lines = traceback.call_method1(
+            "format_exception",
+            (err.get_type(py), err.value(py), err.traceback(py)),
+        )?;
+        let text: String = pyo3::types::PyString::new(py, "")
+            .call_method1("join", (lines,))?
+            .extract()?;
+        Ok(text)
+    })();
+    formatted.unwrap_or_else(|_| err.to_string())
+}
