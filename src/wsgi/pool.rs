@@ -21,6 +21,8 @@ use crate::server::{Dispatcher, EventLog, LogLevel, Request};
 
 /// How long the draining threads may be stuck in one job before another thread helps.
 const STALL: Duration = Duration::from_millis(2);
+/// Stall checks without queued work before a standby thread goes back to sleep.
+const STANDBY_LINGER: u32 = 50;
 /// The queue-depth warning is repeated at most this often.
 const DEPTH_WARNING_INTERVAL: Duration = Duration::from_secs(5);
 
@@ -86,7 +88,10 @@ impl PoolShared {
     pub fn submit(&self, job: Job) {
         let mut state = self.lock();
         state.queue.push_back(job);
-        if state.running == 0 || (!state.standby && state.idle > 0) {
+        if state.running == 0 {
+            self.work.notify_one();
+        } else if !state.standby && state.idle > 0 {
+            // Someone must watch for the draining threads getting stuck.
             self.work.notify_one();
         }
         if state.running == self.job_started.len() && self.all_stuck() {
@@ -104,34 +109,56 @@ impl PoolShared {
         }
     }
 
-    /// Every thread that is running a job has been in it longer than `STALL`.
+    /// At least one thread is draining, and every draining thread has been inside its
+    /// current job for longer than `STALL` (the application is blocked, not busy
+    /// with many short requests).
     fn all_stuck(&self) -> bool {
         let now = self.now_nanos();
         let stall = STALL.as_nanos() as u64;
-        self.job_started.iter().all(|slot| {
+        let mut draining = 0;
+        for slot in &self.job_started {
             let started = slot.load(Ordering::Relaxed);
-            started == 0 || now.saturating_sub(started) >= stall
-        })
+            if started == 0 {
+                continue;
+            }
+            if now.saturating_sub(started) < stall {
+                return false;
+            }
+            draining += 1;
+        }
+        draining > 0
     }
 
     /// Blocks (GIL released) until this thread should start draining; `None` at shutdown.
-    fn wait_for_work(&self) -> Option<Job> {
+    fn wait_for_work(&self, index: usize) -> Option<Job> {
         let mut state = self.lock();
         loop {
             if !state.queue.is_empty() && (state.running == 0 || self.all_stuck()) {
                 state.running += 1;
+                self.job_started[index].store(self.now_nanos(), Ordering::Relaxed);
                 return state.queue.pop_front();
             }
             if state.shutdown && state.queue.is_empty() {
                 return None;
             }
-            if !state.queue.is_empty() && !state.standby {
+            if !state.standby && (!state.queue.is_empty() || state.running > 0) {
+                // Watch for stalls while others drain; linger a while after the queue
+                // empties so a busy server does not wake a new standby per request.
                 state.standby = true;
-                state = self
-                    .work
-                    .wait_timeout(state, STALL)
-                    .unwrap_or_else(|e| e.into_inner())
-                    .0;
+                let mut quiet = 0;
+                while quiet < STANDBY_LINGER && !state.shutdown {
+                    state = self
+                        .work
+                        .wait_timeout(state, STALL)
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0;
+                    if !state.queue.is_empty() && (state.running == 0 || self.all_stuck()) {
+                        break;
+                    }
+                    if state.queue.is_empty() {
+                        quiet += 1;
+                    }
+                }
                 state.standby = false;
             } else {
                 state.idle += 1;
@@ -143,11 +170,15 @@ impl PoolShared {
 
     /// The next job for a thread that is already draining; `None` (and the thread stops
     /// draining) when the queue is empty.
-    fn next_job(&self) -> Option<Job> {
+    fn next_job(&self, index: usize) -> Option<Job> {
         let mut state = self.lock();
         match state.queue.pop_front() {
-            Some(job) => Some(job),
+            Some(job) => {
+                self.job_started[index].store(self.now_nanos(), Ordering::Relaxed);
+                Some(job)
+            }
             None => {
+                self.job_started[index].store(0, Ordering::Relaxed);
                 state.running -= 1;
                 if state.shutdown {
                     self.work.notify_all();
@@ -211,13 +242,11 @@ impl Pool {
 
 fn worker(index: usize, shared: &PoolShared, ctx: &Arc<AppContext>) {
     Python::attach(|py| {
-        while let Some(first) = py.detach(|| shared.wait_for_work()) {
+        while let Some(first) = py.detach(|| shared.wait_for_work(index)) {
             let mut job = first;
             loop {
-                shared.job_started[index].store(shared.now_nanos(), Ordering::Relaxed);
                 run(py, ctx, job);
-                shared.job_started[index].store(0, Ordering::Relaxed);
-                match shared.next_job() {
+                match shared.next_job(index) {
                     Some(next) => job = next,
                     None => break,
                 }
