@@ -45,7 +45,7 @@ impl Default for Config {
         Config {
             threads: 4,
             io_threads: 1,
-            connection_limit: 100,
+            connection_limit: 1000,
             recv_bytes: 8192,
             inbuf_overflow: 524_288,
             outbuf_overflow: 1_048_576,

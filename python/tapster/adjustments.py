@@ -223,7 +223,7 @@ class Adjustments:
     outbuf_overflow = 1048576
     outbuf_high_watermark = 16777216
     inbuf_overflow = 524288
-    connection_limit = 100
+    connection_limit = 1000
     cleanup_interval = 30
     channel_timeout = 120
     log_socket_errors = True

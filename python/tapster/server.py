@@ -204,6 +204,22 @@ class MultiSocketServer(BaseWSGIServer):
 WSGIServer = TcpWSGIServer
 
 
+def _raise_fd_limit(wanted: int) -> None:
+    """Raises the soft limit on open files toward `wanted` (within the hard limit), so
+    `connection_limit` connections plus files and listeners fit."""
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - not on Unix
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError):  # pragma: no cover - not permitted
+            logger.warning("could not raise the open-file limit from %d to %d", soft, target)
+
+
 def create_server(
     application: WSGIApp,
     map: Any = None,  # noqa: A002 - Waitress's parameter name
@@ -221,6 +237,7 @@ def create_server(
             "to return a WSGI app within your application."
         )
     adj = Adjustments(**kw)
+    _raise_fd_limit(2 * adj.connection_limit + 256)
     for name in NO_EFFECT & kw.keys():
         logger.debug("option %s has no effect in Tapster", name)
 

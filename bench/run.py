@@ -1,0 +1,521 @@
+"""The benchmark harness: Tapster against Waitress, Gunicorn, Granian, bjoern, Pyruvate
+and nginx, side by side in one run, on this machine.
+
+Each server runs alone, pinned to CPU 0, with wrk (one thread) pinned to CPU 1. For
+each scenario: a warm-up, then a measured run recording requests/s, p50/p99 latency,
+MB/s, the server's CPU time (utime+stime of its whole process tree, from /proc) per
+request and per GB, and its peak RSS (sampled, whole tree). Results go to a JSON-lines
+file and a Markdown table with every figure also given as a ratio to Tapster's.
+
+    make bench                                  # everything (about 20 minutes)
+    make bench BENCH_ARGS="--quick"             # 3 s runs
+    make bench BENCH_ARGS="--servers tapster,granian --scenarios hello-c64"
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import datetime
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from importlib import metadata
+from typing import Callable, Iterator
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+PY = sys.executable
+BIN = os.path.dirname(PY)
+FILES = os.environ.get("BENCH_FILES", "/tmp/tapster-bench-files")
+SERVER_CPU = "0"
+CLIENT_CPU = "1"
+PORT = 19080
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+@dataclasses.dataclass(frozen=True)
+class Scenario:
+    name: str
+    app: str
+    connections: int
+    path: str = "/"
+    lua: str | None = None
+    threads: int | None = None  # set for every server that has threads
+    slow_clients: int = 0
+    nginx_path: str | None = None  # nginx serves only hello and files
+    is_file: bool = False
+
+
+SCENARIOS = [
+    Scenario("hello-c1", "hello", 1, nginx_path="/"),
+    Scenario("hello-c16", "hello", 16, nginx_path="/"),
+    Scenario("hello-c64", "hello", 64, nginx_path="/"),
+    Scenario("echo-64k", "echo", 16, lua="post64k.lua"),
+    Scenario("stream-100x1k", "stream", 16),
+    Scenario("file-1m", "file_1m", 16, nginx_path="/files/1m.bin", is_file=True),
+    Scenario("file-64m", "file_64m", 4, nginx_path="/files/64m.bin", is_file=True),
+    Scenario("sleep-50ms-t8", "sleep", 64, threads=8),
+    Scenario("hello-200-slow-clients", "hello", 64, slow_clients=200, nginx_path="/"),
+]
+
+
+@dataclasses.dataclass
+class Server:
+    name: str
+    command: Callable[[Scenario, int], list[str]]
+    distribution: str | None  # PyPI distribution, for its version
+    supports: Callable[[Scenario], bool] = lambda s: True
+
+
+def tapster_cmd(s: Scenario, port: int) -> list[str]:
+    cmd = [PY, "-m", "tapster", f"--listen=127.0.0.1:{port}"]
+    if s.threads:
+        cmd.append(f"--threads={s.threads}")
+    return cmd + [f"apps:{s.app}"]
+
+
+def waitress_cmd(s: Scenario, port: int) -> list[str]:
+    cmd = [PY, "-m", "waitress", f"--listen=127.0.0.1:{port}"]
+    if s.threads:
+        cmd.append(f"--threads={s.threads}")
+    return cmd + [f"apps:{s.app}"]
+
+
+def gunicorn_cmd(s: Scenario, port: int) -> list[str]:
+    return [
+        os.path.join(BIN, "gunicorn"), "-k", "gthread", "-w", "1",
+        "--threads", str(s.threads or 4), "-b", f"127.0.0.1:{port}",
+        "--log-level", "warning", f"apps:{s.app}",
+    ]
+
+
+def granian_cmd(s: Scenario, port: int) -> list[str]:
+    cmd = [
+        os.path.join(BIN, "granian"), "--interface", "wsgi", "--workers", "1",
+        "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning",
+    ]
+    if s.threads:
+        cmd += ["--blocking-threads", str(s.threads)]
+    return cmd + [f"apps:{s.app}"]
+
+
+def bjoern_cmd(s: Scenario, port: int) -> list[str]:
+    return [PY, "-c", f"import bjoern, apps; bjoern.run(apps.{s.app}, '127.0.0.1', {port})"]
+
+
+def pyruvate_cmd(s: Scenario, port: int) -> list[str]:
+    workers = s.threads or 4
+    return [PY, "-c", f"import pyruvate, apps; pyruvate.serve(apps.{s.app}, '127.0.0.1:{port}', {workers})"]
+
+
+NGINX_CONF = """
+worker_processes 1;
+daemon off;
+master_process off;
+pid {tmp}/nginx.pid;
+error_log {tmp}/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    sendfile on;
+    tcp_nopush on;
+    keepalive_requests 10000000;
+    client_body_temp_path {tmp}/body;
+    proxy_temp_path {tmp}/proxy;
+    fastcgi_temp_path {tmp}/fastcgi;
+    uwsgi_temp_path {tmp}/uwsgi;
+    scgi_temp_path {tmp}/scgi;
+    server {{
+        listen 127.0.0.1:{port};
+        location = / {{ default_type text/plain; return 200 "Hello, world!"; }}
+        location /files/ {{ alias {files}/; }}
+    }}
+}}
+"""
+
+
+def nginx_cmd(s: Scenario, port: int) -> list[str]:
+    tmp = tempfile.mkdtemp(prefix="tapster-bench-nginx-")
+    conf = os.path.join(tmp, "nginx.conf")
+    with open(conf, "w") as f:
+        f.write(NGINX_CONF.format(tmp=tmp, port=port, files=FILES))
+    return [shutil.which("nginx") or "/usr/sbin/nginx", "-c", conf, "-p", tmp]
+
+
+SERVERS = [
+    Server("tapster", tapster_cmd, "tapster"),
+    Server("waitress", waitress_cmd, "waitress"),
+    Server("gunicorn", gunicorn_cmd, "gunicorn"),
+    Server("granian", granian_cmd, "granian"),
+    Server("bjoern", bjoern_cmd, "bjoern"),
+    Server("pyruvate", pyruvate_cmd, "pyruvate"),
+    Server("nginx", nginx_cmd, None, supports=lambda s: s.nginx_path is not None),
+]
+
+
+# ----- setup ---------------------------------------------------------------------------
+
+
+def install_tools() -> dict[str, str]:
+    """Installs wrk, nginx and the peers; returns {name: problem} for what failed."""
+    problems: dict[str, str] = {}
+    ensure = os.path.join(ROOT, "scripts", "ensure-packages")
+    result = subprocess.run([ensure, "wrk", "nginx-light", "libev-dev"], capture_output=True, text=True)
+    if result.returncode != 0:
+        problems["debian"] = result.stderr.strip() or result.stdout.strip()
+    for dist in ("waitress", "gunicorn", "granian", "bjoern", "pyruvate"):
+        try:
+            metadata.version(dist)
+            continue
+        except metadata.PackageNotFoundError:
+            pass
+        r = subprocess.run([PY, "-m", "pip", "install", "-q", dist], capture_output=True, text=True)
+        if r.returncode != 0:
+            problems[dist] = (r.stderr.strip().splitlines() or ["pip install failed"])[-1]
+    for tool in ("wrk", "nginx", "taskset"):
+        if shutil.which(tool) is None and not os.path.exists(f"/usr/sbin/{tool}"):
+            problems[tool] = "not installed"
+    return problems
+
+
+def make_files() -> None:
+    os.makedirs(FILES, exist_ok=True)
+    for name, size in (("1m.bin", 1 << 20), ("64m.bin", 64 << 20)):
+        path = os.path.join(FILES, name)
+        if not os.path.exists(path) or os.path.getsize(path) != size:
+            with open(path, "wb") as f:
+                f.write(os.urandom(size))
+
+
+def version_of(server: Server) -> str:
+    if server.distribution:
+        try:
+            return metadata.version(server.distribution)
+        except metadata.PackageNotFoundError:
+            return "not installed"
+    out = subprocess.run(["nginx", "-v"], capture_output=True, text=True).stderr
+    m = re.search(r"nginx/([\d.]+)", out)
+    return m.group(1) if m else "unknown"
+
+
+# ----- process accounting -----------------------------------------------------------------
+
+
+def tree(pid: int) -> list[int]:
+    """`pid` and all its descendants."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            children.setdefault(int(fields[1]), []).append(int(entry))
+        except OSError:
+            continue
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo.extend(children.get(p, []))
+    return out
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime+stime of every thread of every process in the tree."""
+    total = 0
+    for p in tree(pid):
+        try:
+            for task in os.listdir(f"/proc/{p}/task"):
+                with open(f"/proc/{p}/task/{task}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+                total += int(fields[11]) + int(fields[12])
+        except OSError:
+            continue
+    return total / CLK_TCK
+
+
+def rss_bytes(pid: int) -> int:
+    total = 0
+    for p in tree(pid):
+        try:
+            with open(f"/proc/{p}/statm") as f:
+                total += int(f.read().split()[1]) * PAGE
+        except OSError:
+            continue
+    return total
+
+
+class PeakRss:
+    """Samples the tree's RSS every 50 ms while active."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, rss_bytes(self.pid))
+            self._stop.wait(0.05)
+
+    def stop(self) -> int:
+        self._stop.set()
+        self._thread.join()
+        return self.peak
+
+
+# ----- running --------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def running(server: Server, scenario: Scenario, port: int) -> Iterator[subprocess.Popen[bytes]]:
+    cmd = ["taskset", "-c", SERVER_CPU, *server.command(scenario, port)]
+    env = dict(os.environ, PYTHONPATH=HERE, BENCH_FILES=FILES)
+    log = tempfile.TemporaryFile()
+    proc = subprocess.Popen(cmd, cwd=HERE, env=env, stdout=log, stderr=log, start_new_session=True)
+    try:
+        wait_ready(proc, port, scenario)
+        yield proc
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        log.close()
+
+
+def wait_ready(proc: subprocess.Popen[bytes], port: int, scenario: Scenario) -> None:
+    path = scenario.nginx_path if scenario.nginx_path and "nginx" in " ".join(map(str, proc.args)) else scenario.path
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with status {proc.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
+                s.sendall(f"GET {path} HTTP/1.0\r\nHost: bench\r\n\r\n".encode())
+                if s.recv(12).startswith(b"HTTP/1."):
+                    return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError("server did not become ready")
+
+
+WRK_LATENCY = re.compile(r"^\s+(50|99)%\s+([\d.]+)(us|ms|s)\s*$", re.M)
+UNITS = {"us": 1e-3, "ms": 1.0, "s": 1000.0}
+
+
+def wrk(url: str, connections: int, seconds: float, lua: str | None) -> dict[str, float]:
+    cmd = ["taskset", "-c", CLIENT_CPU, "wrk", "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--latency", "--timeout", "10s"]
+    if lua:
+        cmd += ["-s", os.path.join(HERE, lua)]
+    out = subprocess.run(cmd + [url], capture_output=True, text=True, timeout=seconds + 60).stdout
+    result: dict[str, float] = {}
+    m = re.search(r"(\d+) requests in ([\d.]+)(m?s), ([\d.]+)([KMG]?B) read", out)
+    if not m:
+        raise RuntimeError(f"could not parse wrk output:\n{out}")
+    result["requests"] = float(m.group(1))
+    scale = {"B": 1, "KB": 1 << 10, "MB": 1 << 20, "GB": 1 << 30}[m.group(5)]
+    result["bytes"] = float(m.group(4)) * scale
+    result["rps"] = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    for pct, value, unit in WRK_LATENCY.findall(out):
+        result[f"p{pct}_ms"] = float(value) * UNITS[unit]
+    errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    result["socket_errors"] = float(sum(int(x) for x in errors.groups())) if errors else 0.0
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    result["non_2xx"] = float(non2xx.group(1)) if non2xx else 0.0
+    return result
+
+
+@contextlib.contextmanager
+def slow_clients(port: int, count: int) -> Iterator[Callable[[], int]]:
+    if count == 0:
+        yield lambda: 0
+        return
+    proc = subprocess.Popen(
+        ["taskset", "-c", CLIENT_CPU, PY, os.path.join(HERE, "slowloris.py"), str(port), str(count)],
+        stdout=subprocess.PIPE, text=True,
+    )
+    time.sleep(1.5)
+    try:
+        yield lambda: count
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            out, _ = proc.communicate(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out = ""
+        print(f"      slow clients: {out.strip()}", flush=True)
+
+
+def measure(server: Server, scenario: Scenario, seconds: float, warmup: float) -> dict[str, object]:
+    port = PORT
+    path = scenario.nginx_path if server.name == "nginx" else scenario.path
+    url = f"http://127.0.0.1:{port}{path}"
+    with running(server, scenario, port) as proc:
+        rss = PeakRss(proc.pid)
+        with slow_clients(port, scenario.slow_clients):
+            wrk(url, scenario.connections, warmup, scenario.lua)
+            cpu_before = cpu_seconds(proc.pid)
+            result = wrk(url, scenario.connections, seconds, scenario.lua)
+            cpu = cpu_seconds(proc.pid) - cpu_before
+        peak = rss.stop()
+    requests = max(result["requests"], 1.0)
+    record: dict[str, object] = {
+        "server": server.name,
+        "scenario": scenario.name,
+        **result,
+        "mb_per_s": result["bytes"] / seconds / 1e6,
+        "cpu_s": cpu,
+        "cpu_us_per_req": cpu / requests * 1e6,
+        "cpu_s_per_gb": cpu / (result["bytes"] / 1e9) if result["bytes"] else None,
+        "peak_rss_mib": peak / (1 << 20),
+    }
+    return record
+
+
+def fmt(value: object, digits: int = 1) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, float):
+        return f"{value:,.{digits}f}"
+    return str(value)
+
+
+def ratio(value: object, base: object) -> str:
+    if not isinstance(value, float) or not isinstance(base, float) or base == 0:
+        return ""
+    return f" ({value / base:.2f}×)"
+
+
+def markdown(records: list[dict[str, object]], machine: str, versions: dict[str, str], command: str, problems: dict[str, str]) -> str:
+    lines = [
+        f"Run {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC on {machine}.",
+        f"Command: `{command}`. Versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()) + ".",
+        "Server pinned to CPU 0, wrk (1 thread) to CPU 1. Ratios in parentheses are to Tapster's figure in the same run.",
+        "CPU is the server's utime+stime (whole process tree) per request, or per GB for files.",
+        "",
+    ]
+    if problems:
+        lines.append("Not measured: " + "; ".join(f"{k}: {v}" for k, v in problems.items()) + ".")
+        lines.append("")
+    scenarios = list(dict.fromkeys(str(r["scenario"]) for r in records))
+    for name in scenarios:
+        rows = [r for r in records if r["scenario"] == name]
+        base = next((r for r in rows if r["server"] == "tapster"), {})
+        is_file = any(s.is_file for s in SCENARIOS if s.name == name)
+        cpu_key = "cpu_s_per_gb" if is_file else "cpu_us_per_req"
+        cpu_label = "CPU s/GB" if is_file else "CPU µs/req"
+        lines.append(f"**{name}**")
+        lines.append("")
+        lines.append(f"| server | req/s | p50 ms | p99 ms | MB/s | {cpu_label} | peak RSS MiB | errors |")
+        lines.append("|---|---|---|---|---|---|---|---|")
+        for r in rows:
+            if "error" in r:
+                lines.append(f"| {r['server']} | failed: {r['error']} | | | | | | |")
+                continue
+            errors = int(float(r.get("socket_errors", 0.0)) + float(r.get("non_2xx", 0.0)))  # type: ignore[arg-type]
+            lines.append(
+                "| {server} | {rps}{rr} | {p50}{p50r} | {p99}{p99r} | {mbs}{mbr} | {cpu}{cpur} | {rss}{rssr} | {err} |".format(
+                    server=r["server"],
+                    rps=fmt(r["rps"], 0), rr=ratio(r["rps"], base.get("rps")),
+                    p50=fmt(r.get("p50_ms"), 2), p50r=ratio(r.get("p50_ms"), base.get("p50_ms")),
+                    p99=fmt(r.get("p99_ms"), 2), p99r=ratio(r.get("p99_ms"), base.get("p99_ms")),
+                    mbs=fmt(r["mb_per_s"], 1), mbr=ratio(r["mb_per_s"], base.get("mb_per_s")),
+                    cpu=fmt(r.get(cpu_key), 2), cpur=ratio(r.get(cpu_key), base.get(cpu_key)),
+                    rss=fmt(r["peak_rss_mib"], 1), rssr=ratio(r["peak_rss_mib"], base.get("peak_rss_mib")),
+                    err=errors,
+                )
+            )
+        lines.append("")
+    return "\n".join(lines)
+
+
+def machine_description() -> str:
+    model = "unknown CPU"
+    with contextlib.suppress(OSError):
+        with open("/proc/cpuinfo") as f:
+            m = re.search(r"model name\s*:\s*(.+)", f.read())
+            if m:
+                model = m.group(1).strip()
+    return f"{os.cpu_count()} × {model}, Linux {platform.release()}, CPython {platform.python_version()}"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--servers", default=",".join(s.name for s in SERVERS))
+    parser.add_argument("--scenarios", default=",".join(s.name for s in SCENARIOS))
+    parser.add_argument("--duration", type=float, default=10.0)
+    parser.add_argument("--warmup", type=float, default=2.0)
+    parser.add_argument("--quick", action="store_true", help="3 s measured runs, 1 s warm-up")
+    parser.add_argument("--out", default=os.path.join(HERE, "results"))
+    args = parser.parse_args()
+    if args.quick:
+        args.duration, args.warmup = 3.0, 1.0
+
+    problems = install_tools()
+    for name, problem in problems.items():
+        print(f"WARNING: {name}: {problem}", file=sys.stderr)
+    make_files()
+    wanted_servers = [s for s in SERVERS if s.name in args.servers.split(",")]
+    wanted_scenarios = [s for s in SCENARIOS if s.name in args.scenarios.split(",")]
+    versions = {s.name: version_of(s) for s in wanted_servers}
+    unavailable = {s.name for s in wanted_servers if versions[s.name] == "not installed"}
+    for name in unavailable:
+        problems.setdefault(name, "not installed")
+
+    os.makedirs(args.out, exist_ok=True)
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    jsonl = os.path.join(args.out, f"{stamp}.jsonl")
+    records: list[dict[str, object]] = []
+    for scenario in wanted_scenarios:
+        print(f"== {scenario.name}", flush=True)
+        for server in wanted_servers:
+            if server.name in unavailable or not server.supports(scenario):
+                continue
+            try:
+                record = measure(server, scenario, args.duration, args.warmup)
+            except Exception as exc:  # a failing peer is reported, not hidden
+                record = {"server": server.name, "scenario": scenario.name, "error": str(exc)[:200]}
+            records.append(record)
+            with open(jsonl, "a") as f:
+                f.write(json.dumps(record) + "\n")
+            if "error" in record:
+                print(f"   {server.name:9} FAILED: {record['error']}", flush=True)
+            else:
+                print(
+                    f"   {server.name:9} {record['rps']:>10,.0f} req/s  p99 {record.get('p99_ms', 0):7.2f} ms  "
+                    f"{record['mb_per_s']:8.1f} MB/s  cpu {record['cpu_us_per_req']:8.2f} us/req  "
+                    f"rss {record['peak_rss_mib']:6.1f} MiB",
+                    flush=True,
+                )
+    command = "python bench/run.py " + " ".join(sys.argv[1:])
+    table = markdown(records, machine_description(), versions, command.strip(), problems)
+    md_path = os.path.join(args.out, "latest.md")
+    with open(md_path, "w") as f:
+        f.write(table + "\n")
+    print(f"\nresults: {jsonl}\ntable:   {md_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
