@@ -143,6 +143,9 @@ impl Session {
                 {
                     self.last_activity = responder.completed_at().unwrap_or_else(Instant::now);
                 }
+                // Shutting down with nothing of a next request received: nothing to
+                // drain, close at once.
+                Some(true) if self.rbuf.is_empty() && !self.peer_finished => return End::Quiet,
                 Some(_) => return End::AfterResponse,
                 None => return End::Quiet,
             }
@@ -317,6 +320,15 @@ impl Session {
             let step = tokio::select! {
                 biased;
                 step = responder.next_step() => step,
+                changed = self.shutdown.changed() => {
+                    if changed.is_err() {
+                        // The server is gone.
+                        responder.fail();
+                        return None;
+                    }
+                    // A completed response may not have woken us; look again.
+                    continue;
+                }
                 _ = self.idle_timer.as_mut() => {
                     // Only a delivered response can leave the connection idle; an
                     // application may take as long as it likes.

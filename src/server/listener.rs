@@ -57,6 +57,8 @@ impl Drop for ConnGuard {
 /// A started server: the runtime with its accept loops and connections.
 pub struct Running {
     runtime: Option<Runtime>,
+    /// Duplicates of the listening sockets, to stop them listening at shutdown.
+    listening: Vec<Socket>,
     shutdown: watch::Sender<bool>,
     closing: Arc<AtomicBool>,
     count: Arc<ConnCount>,
@@ -90,10 +92,12 @@ pub fn start(
         shutdown: shutdown_rx,
         closing: closing.clone(),
     });
+    let mut listening = Vec::with_capacity(listeners.len());
     {
         let _enter = runtime.enter();
         for spec in listeners {
             spec.socket.set_nonblocking(true)?;
+            listening.push(spec.socket.try_clone()?);
             let listener = register(spec.socket)?;
             runtime.spawn(accept_loop(
                 listener,
@@ -106,6 +110,7 @@ pub fn start(
     }
     Ok(Running {
         runtime: Some(runtime),
+        listening,
         shutdown: shutdown_tx,
         closing,
         count,
@@ -118,6 +123,12 @@ impl Running {
     pub fn begin_shutdown(&self) {
         self.closing.store(true, Ordering::Release);
         let _ = self.shutdown.send(true);
+        for socket in &self.listening {
+            // Takes the socket out of the listening state for every descriptor that
+            // refers to it (the Python layer holds one too): new connections are
+            // refused instead of waiting in the backlog for an accept that never comes.
+            let _ = socket.shutdown(std::net::Shutdown::Both);
+        }
     }
 
     /// Waits (blocking this thread) until every connection has closed or `timeout`
@@ -187,9 +198,14 @@ async fn accept_loop(
             }
         };
         let accepted = tokio::select! {
-            r = accept(&listener) => r,
+            biased;
             _ = shutdown.changed() => return,
+            r = accept(&listener) => r,
         };
+        if shared.closing.load(Ordering::Acquire) {
+            // The listener was taken down by `begin_shutdown`.
+            return;
+        }
         let (socket, peer) = match accepted {
             Ok(pair) => pair,
             Err(err) if err.kind() == io::ErrorKind::ConnectionAborted => continue,
