@@ -98,6 +98,11 @@ impl RequestHead {
         &self.raw[self.target.clone()]
     }
 
+    /// The request target as a shared buffer (no copy), to keep after the head is gone.
+    pub fn target_bytes(&self) -> Bytes {
+        self.raw.slice(self.target.clone())
+    }
+
     pub fn is_head(&self) -> bool {
         self.method() == b"HEAD"
     }
@@ -141,6 +146,11 @@ pub struct HeadParser {
 
 const HEAD_END: &[u8] = b"\r\n\r\n";
 
+/// The searcher for `HEAD_END`, built once (building one per call costs more than
+/// searching a typical head).
+static HEAD_END_FINDER: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+    std::sync::LazyLock::new(|| memchr::memmem::Finder::new(HEAD_END));
+
 impl HeadParser {
     pub fn new() -> Self {
         Self::default()
@@ -170,7 +180,7 @@ impl HeadParser {
             return Err(head_too_large(limits));
         }
         let from = self.scanned.saturating_sub(HEAD_END.len() - 1);
-        let Some(pos) = memchr::memmem::find(&buf[from..], HEAD_END) else {
+        let Some(pos) = HEAD_END_FINDER.find(&buf[from..]) else {
             // Refuse a bare CR or LF as soon as it arrives rather than waiting (perhaps
             // forever) for a CRLFCRLF that an LF-only client will never send.
             check_line_endings(buf, from, true)?;
@@ -219,8 +229,9 @@ const STACK_FIELDS: usize = 64;
 
 fn parse_head(raw: Bytes, limits: &HeadLimits) -> Result<RequestHead, HttpError> {
     check_line_endings(&raw, 0, false)?;
-    // The head ends with CRLFCRLF and has no bare CR or LF, so a CRLF exists.
-    let line_end = memchr::memmem::find(&raw, b"\r\n").unwrap_or(raw.len());
+    // The head ends with CRLFCRLF and has no bare CR or LF, so the first LF ends the
+    // request line and follows its CR.
+    let line_end = memchr::memchr(b'\n', &raw).map_or(raw.len(), |lf| lf.saturating_sub(1));
     if line_end > limits.max_request_line {
         return Err(uri_too_long(limits));
     }

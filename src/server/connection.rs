@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use std::pin::Pin;
 
-use tokio::sync::watch;
+use tokio::sync::futures::OwnedNotified;
+use tokio::sync::Notify;
 use tokio::time::{sleep_until, timeout_at, Sleep};
 
 use super::responder::{Responder, Step};
@@ -29,7 +30,8 @@ pub struct Shared {
     pub head_limits: HeadLimits,
     pub dispatcher: Arc<dyn Dispatcher>,
     pub log: Arc<dyn EventLog>,
-    pub shutdown: watch::Receiver<bool>,
+    /// Notified once when the server starts shutting down (`closing` is set first).
+    pub shutdown: Arc<Notify>,
     pub closing: Arc<AtomicBool>,
 }
 
@@ -50,15 +52,21 @@ enum End {
 }
 
 pub async fn serve(conn: Arc<Conn>, info: Arc<ConnInfo>, shared: Arc<Shared>) {
-    let now = Instant::now();
+    let mut shutdown = Box::pin(shared.shutdown.clone().notified_owned());
+    // Registered before `closing` is first read, so the notification cannot be missed.
+    shutdown.as_mut().enable();
     let mut session = Session {
         conn,
         info,
         rbuf: BytesMut::with_capacity(shared.config.recv_bytes),
         parser: HeadParser::new(),
-        shutdown: shared.shutdown.clone(),
-        last_activity: now,
-        idle_timer: Box::pin(sleep_until((now + shared.config.channel_timeout).into())),
+        shutdown,
+        shutdown_seen: false,
+        activity: 0,
+        activity_seen: 0,
+        idle_timer: Box::pin(sleep_until(
+            (Instant::now() + shared.config.channel_timeout).into(),
+        )),
         peer_finished: false,
         shared,
     };
@@ -79,11 +87,17 @@ struct Session {
     shared: Arc<Shared>,
     rbuf: BytesMut,
     parser: HeadParser,
-    shutdown: watch::Receiver<bool>,
-    last_activity: Instant,
-    /// Fires at the earliest moment the connection could have been idle for
-    /// `channel_timeout`. It is re-armed only when it fires early, so keeping it costs
-    /// nothing per request.
+    shutdown: Pin<Box<OwnedNotified>>,
+    /// The shutdown notification fired (it stays ready; do not poll it again).
+    shutdown_seen: bool,
+    /// Counts reads, writes and completed responses.
+    activity: u64,
+    /// `activity` when the idle timer last fired.
+    activity_seen: u64,
+    /// Fires every `channel_timeout`; the connection is idle-closed when nothing
+    /// happened since the previous firing. It is re-armed only when it fires, so
+    /// keeping it costs nothing per request (a connection closes after between one and
+    /// two `channel_timeout`s of inactivity).
     idle_timer: Pin<Box<Sleep>>,
     /// The client shut down its sending side (or closed): no more requests will come.
     peer_finished: bool,
@@ -141,7 +155,7 @@ impl Session {
                 Some(true)
                     if !self.peer_finished && !self.shared.closing.load(Ordering::Acquire) =>
                 {
-                    self.last_activity = responder.completed_at().unwrap_or_else(Instant::now);
+                    self.activity += 1;
                 }
                 // Shutting down with nothing of a next request received: nothing to
                 // drain, close at once.
@@ -269,18 +283,21 @@ impl Session {
                 biased;
                 r = read => r,
                 _ = self.idle_timer.as_mut() => {
-                    if self.idle_expired(self.last_activity) {
+                    if self.idle_expired(false) {
                         return Err(ReadStop::TimedOut);
                     }
                     continue;
                 }
                 _ = sleep_until_opt(deadline) => return Err(ReadStop::TimedOut),
-                _ = self.shutdown.changed(), if idle => return Err(ReadStop::Shutdown),
+                _ = self.shutdown.as_mut(), if idle && !self.shutdown_seen => {
+                    self.shutdown_seen = true;
+                    return Err(ReadStop::Shutdown);
+                }
             };
             return match outcome {
                 Ok(0) => Err(ReadStop::Eof),
                 Ok(n) => {
-                    self.last_activity = Instant::now();
+                    self.activity += 1;
                     Ok(n)
                 }
                 Err(err) => Err(ReadStop::Failed(err)),
@@ -288,14 +305,15 @@ impl Session {
         }
     }
 
-    /// Called when the idle timer fires: true if nothing happened for `channel_timeout`
-    /// since `since`; otherwise re-arms the timer for the new earliest moment.
-    fn idle_expired(&mut self, since: Instant) -> bool {
-        let deadline = since + self.shared.config.channel_timeout;
-        if Instant::now() >= deadline {
+    /// Called when the idle timer fires: true if nothing happened since it last fired
+    /// (and `busy` is false); otherwise re-arms it for another `channel_timeout`.
+    fn idle_expired(&mut self, busy: bool) -> bool {
+        if !busy && self.activity == self.activity_seen {
             return true;
         }
-        self.idle_timer.as_mut().reset(deadline.into());
+        self.activity_seen = self.activity;
+        let next = Instant::now() + self.shared.config.channel_timeout;
+        self.idle_timer.as_mut().reset(next.into());
         false
     }
 
@@ -320,20 +338,17 @@ impl Session {
             let step = tokio::select! {
                 biased;
                 step = responder.next_step() => step,
-                changed = self.shutdown.changed() => {
-                    if changed.is_err() {
-                        // The server is gone.
-                        responder.fail();
-                        return None;
-                    }
+                _ = self.shutdown.as_mut(), if !self.shutdown_seen => {
                     // A completed response may not have woken us; look again.
+                    self.shutdown_seen = true;
                     continue;
                 }
                 _ = self.idle_timer.as_mut() => {
                     // Only a delivered response can leave the connection idle; an
                     // application may take as long as it likes.
-                    let since = responder.completed_at().unwrap_or_else(Instant::now);
-                    if self.idle_expired(since) {
+                    // A response completed without waking us counts as activity once.
+                    let busy = responder.completion_unseen().unwrap_or(true);
+                    if self.idle_expired(busy) {
                         return None;
                     }
                     continue;
@@ -346,7 +361,7 @@ impl Session {
                             self.peer_finished = true;
                             self.info.set_disconnected();
                         }
-                        Ok(_) => self.last_activity = Instant::now(),
+                        Ok(_) => self.activity += 1,
                         Err(err) => {
                             self.info.set_disconnected();
                             self.socket_error("reading from a client", &err);
@@ -361,7 +376,7 @@ impl Session {
                 Step::Write(batch) => {
                     let write = responder.write_batch(batch);
                     match tokio::time::timeout(stall, write).await {
-                        Ok(Ok(())) => self.last_activity = Instant::now(),
+                        Ok(Ok(())) => self.activity += 1,
                         Ok(Err(err)) => {
                             self.info.set_disconnected();
                             self.socket_error("writing a response", &err);

@@ -12,9 +12,10 @@ pub mod responder;
 pub mod socket;
 pub mod spool;
 
+use std::any::Any;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use crate::http::RequestHead;
 
@@ -32,7 +33,13 @@ pub struct Request {
 
 /// Receives complete requests. Implementations must not block: queue and return.
 pub trait Dispatcher: Send + Sync + 'static {
+    /// Queues a complete request. Waking whoever will run it may be deferred until
+    /// `flush`, so a burst of requests read together costs one wake-up.
     fn dispatch(&self, request: Request);
+
+    /// Called by an I/O thread just before it goes to sleep: start the work that
+    /// `dispatch` deferred. Must be cheap when there is none.
+    fn flush(&self) {}
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -61,10 +68,36 @@ pub enum Peer {
     Unix,
 }
 
+/// Where the application side may keep its own data about a connection or a listener
+/// (ready-made Python strings, say), built once and reused by every request on it. The
+/// server never looks inside.
+#[derive(Default)]
+pub struct AppSlot(OnceLock<Box<dyn Any + Send + Sync>>);
+
+impl AppSlot {
+    /// The cached value, built by `init` on first use. `None` if a value of another
+    /// type was stored.
+    pub fn get_or_try_init<T, E>(
+        &self,
+        init: impl FnOnce() -> Result<T, E>,
+    ) -> Result<Option<&T>, E>
+    where
+        T: Any + Send + Sync,
+    {
+        if self.0.get().is_none() {
+            let value = init()?;
+            let _ = self.0.set(Box::new(value));
+        }
+        Ok(self.0.get().and_then(|v| v.downcast_ref::<T>()))
+    }
+}
+
 /// What the application side may know about the connection a request came on.
 pub struct ConnInfo {
     pub peer: Peer,
     pub listener: Arc<ListenerInfo>,
+    /// Per-connection data of the application side.
+    pub app_data: AppSlot,
     disconnected: AtomicBool,
     closing: Arc<AtomicBool>,
 }
@@ -74,6 +107,7 @@ impl ConnInfo {
         ConnInfo {
             peer,
             listener,
+            app_data: AppSlot::default(),
             disconnected: AtomicBool::new(false),
             closing,
         }

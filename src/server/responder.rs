@@ -19,9 +19,9 @@ use std::future::poll_fn;
 use std::io::{self, IoSlice};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::task::{Poll, Waker};
-use std::time::Instant;
 
 use bytes::Bytes;
+use smallvec::SmallVec;
 
 use super::socket::Conn;
 use super::spool::SpillFile;
@@ -36,6 +36,36 @@ pub struct OutputLimits {
 /// The client went away (or the connection was cut); the response cannot be delivered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ClientGone;
+
+/// A piece of a response handed to `Responder::send`.
+#[derive(Debug)]
+pub enum Part<'a> {
+    /// Bytes the caller owns for the duration of the call; copied if queued.
+    Borrowed(&'a [u8]),
+    /// A shared buffer; queued without copying.
+    Shared(Bytes),
+}
+
+impl Part<'_> {
+    pub fn as_slice(&self) -> &[u8] {
+        match self {
+            Part::Borrowed(b) => b,
+            Part::Shared(b) => b,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.as_slice().is_empty()
+    }
+
+    /// The bytes from `offset` on, as an owned buffer.
+    fn owned_from(&self, offset: usize) -> Bytes {
+        match self {
+            Part::Borrowed(b) => Bytes::copy_from_slice(&b[offset..]),
+            Part::Shared(b) => b.slice(offset..),
+        }
+    }
+}
 
 /// A part of a file sent with `sendfile(2)` by the connection task.
 #[derive(Debug)]
@@ -92,7 +122,8 @@ struct Inner {
     consumer_watching: bool,
     on_drain: Option<Callback>,
     on_finished: Option<FinishCallback>,
-    completed_at: Option<Instant>,
+    /// The connection task has noticed (for its idle timeout) that the response is done.
+    completion_seen: bool,
 }
 
 impl Inner {
@@ -136,7 +167,7 @@ impl Responder {
                 consumer_watching: false,
                 on_drain: None,
                 on_finished: None,
-                completed_at: None,
+                completion_seen: false,
             }),
             room: Condvar::new(),
         }
@@ -151,25 +182,27 @@ impl Responder {
     // ----- producer side -------------------------------------------------------------
 
     /// Sends `parts` in order: straight to the socket when possible, queued otherwise.
-    /// Call it without holding the GIL: it may make one non-blocking `writev`.
-    pub fn send(&self, parts: &[Bytes]) -> Result<(), ClientGone> {
-        let parts: Vec<&Bytes> = parts.iter().filter(|p| !p.is_empty()).collect();
-        if parts.is_empty() {
-            return if self.lock().failed {
-                Err(ClientGone)
-            } else {
-                Ok(())
-            };
-        }
+    /// Call it without holding the GIL: it may make one non-blocking `writev`. Borrowed
+    /// parts are copied only if the socket does not take them at once.
+    pub fn send(&self, parts: &[Part<'_>]) -> Result<(), ClientGone> {
         let mut inner = self.lock();
         if inner.failed {
             return Err(ClientGone);
+        }
+        if parts.iter().all(|p| p.is_empty()) {
+            return Ok(());
         }
         let mut skip = 0usize;
         if inner.queue.is_empty() && inner.writer == Writer::Idle {
             inner.writer = Writer::Producer;
             drop(inner);
-            let slices: Vec<IoSlice<'_>> = parts.iter().map(|p| IoSlice::new(p)).collect();
+            let mut slices: SmallVec<[IoSlice<'_>; 8]> = SmallVec::new();
+            slices.extend(
+                parts
+                    .iter()
+                    .filter(|p| !p.is_empty())
+                    .map(|p| IoSlice::new(p.as_slice())),
+            );
             let result = self.conn.try_send(&slices);
             inner = self.lock();
             inner.writer = Writer::Idle;
@@ -183,11 +216,12 @@ impl Responder {
             }
         }
         for part in parts {
-            if skip >= part.len() {
-                skip -= part.len();
+            let len = part.as_slice().len();
+            if skip >= len {
+                skip -= len;
                 continue;
             }
-            let rest = part.slice(skip..);
+            let rest = part.owned_from(skip);
             skip = 0;
             if let Err(_e) = self.enqueue(&mut inner, rest) {
                 self.fail_locked(inner);
@@ -246,7 +280,6 @@ impl Responder {
             return;
         }
         if inner.complete() {
-            inner.completed_at = Some(Instant::now());
             let callback = inner.on_finished.take();
             let waker = if !keep_alive || !inner.consumer_watching {
                 inner.waker.take()
@@ -321,9 +354,16 @@ impl Responder {
         self.lock().consumer_watching = watching;
     }
 
-    /// When the response was completed by the producer with nothing left to write.
-    pub fn completed_at(&self) -> Option<Instant> {
-        self.lock().completed_at
+    /// `None` while the response is still being produced or written; once it is done,
+    /// `Some(true)` the first time this is asked and `Some(false)` after.
+    pub fn completion_unseen(&self) -> Option<bool> {
+        let mut inner = self.lock();
+        if !inner.complete() {
+            return None;
+        }
+        let unseen = !inner.completion_seen;
+        inner.completion_seen = true;
+        Some(unseen)
     }
 
     /// Waits for the next thing to do.
@@ -413,7 +453,6 @@ impl Responder {
             None
         };
         let finished = if inner.complete() {
-            inner.completed_at = Some(Instant::now());
             inner.on_finished.take()
         } else {
             None

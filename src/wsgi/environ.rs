@@ -7,15 +7,15 @@
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyString, PyTuple};
+use pyo3::types::{PyDict, PyModule, PyString, PyTuple};
 
 use super::WsgiConfig;
 use crate::http::request::has_http_scheme;
 use crate::http::{BodyFraming, Version};
-use crate::server::{Peer, Request};
+use crate::server::{ConnInfo, Peer, Request};
 
 /// A Python `str` from bytes taken as latin-1 (PEP 3333's "bytes tunnelled in str").
 pub fn latin1<'py>(py: Python<'py>, bytes: &[u8]) -> PyResult<Bound<'py, PyString>> {
@@ -130,17 +130,15 @@ const METHODS: &[&str] = &["GET", "POST", "HEAD", "PUT", "DELETE", "PATCH", "OPT
 /// Everything about the environ that is the same for every request of a server.
 pub struct EnvironTemplate {
     keys: Keys,
-    version: Py<PyTuple>,
-    url_scheme: Py<PyString>,
-    script_name: Py<PyString>,
-    server_name: Py<PyString>,
-    server_software: Py<PyAny>,
+    /// A dict holding every base key in order, with the constant values filled in and
+    /// `None` where each request puts its own. Copying it is cheaper than building a
+    /// dict key by key, and leaves room for the header keys without resizing.
+    base: Py<PyDict>,
     http10: Py<PyString>,
     http11: Py<PyString>,
     localhost: Py<PyString>,
     none_str: Py<PyString>,
     methods: Vec<Py<PyString>>,
-    file_wrapper: Py<PyAny>,
     sys: Py<PyModule>,
     content_type: Py<PyString>,
     /// `HTTP_*` key bytes (after the prefix) to interned key objects.
@@ -148,6 +146,34 @@ pub struct EnvironTemplate {
     url_prefix: Vec<u8>,
     clear_proxy_headers: bool,
 }
+
+/// Python objects made once per connection.
+struct ConnObjects {
+    remote_addr: Py<PyString>,
+    remote_port: Py<PyString>,
+    disconnected: Py<DisconnectCheck>,
+}
+
+/// Python objects made once per listener.
+struct ListenerObjects {
+    server_port: Py<PyString>,
+}
+
+/// The `waitress.client_disconnected` / `tapster.client_disconnected` callable.
+#[pyclass(module = "tapster._tapster", name = "ClientDisconnectedCheck", frozen)]
+pub struct DisconnectCheck {
+    conn: Arc<ConnInfo>,
+}
+
+#[pymethods]
+impl DisconnectCheck {
+    fn __call__(&self) -> bool {
+        self.conn.client_disconnected()
+    }
+}
+
+/// Header names longer than this are upper-cased on the heap instead of the stack.
+const FIELD_NAME_STACK: usize = 64;
 
 impl EnvironTemplate {
     pub fn new(
@@ -163,16 +189,40 @@ impl EnvironTemplate {
                 (name.as_bytes().to_vec(), key)
             })
             .collect();
+        let keys = Keys::new(py);
+        let none = py.None();
+        let server_software = match ident {
+            Some(ident) => PyString::new(py, ident).into_any().unbind(),
+            None => py.None(),
+        };
+        let base = PyDict::new(py);
+        let k = &keys;
+        base.set_item(&k.request_method, &none)?;
+        base.set_item(&k.script_name, PyString::new(py, &config.url_prefix))?;
+        base.set_item(&k.path_info, &none)?;
+        base.set_item(&k.query_string, &none)?;
+        base.set_item(&k.request_uri, &none)?;
+        base.set_item(&k.server_name, PyString::new(py, &config.server_name))?;
+        base.set_item(&k.server_port, &none)?;
+        base.set_item(&k.server_protocol, &none)?;
+        base.set_item(&k.server_software, server_software)?;
+        base.set_item(&k.remote_addr, &none)?;
+        base.set_item(&k.remote_host, &none)?;
+        base.set_item(&k.remote_port, &none)?;
+        base.set_item(&k.wsgi_version, PyTuple::new(py, [1, 0])?)?;
+        base.set_item(&k.wsgi_url_scheme, PyString::intern(py, &config.url_scheme))?;
+        base.set_item(&k.wsgi_input, &none)?;
+        base.set_item(&k.wsgi_errors, &none)?;
+        base.set_item(&k.wsgi_multithread, true)?;
+        base.set_item(&k.wsgi_multiprocess, false)?;
+        base.set_item(&k.wsgi_run_once, false)?;
+        base.set_item(&k.wsgi_input_terminated, true)?;
+        base.set_item(&k.wsgi_file_wrapper, file_wrapper)?;
+        base.set_item(&k.waitress_disconnected, &none)?;
+        base.set_item(&k.tapster_disconnected, &none)?;
         Ok(EnvironTemplate {
-            keys: Keys::new(py),
-            version: PyTuple::new(py, [1, 0])?.unbind(),
-            url_scheme: PyString::intern(py, &config.url_scheme).unbind(),
-            script_name: PyString::new(py, &config.url_prefix).unbind(),
-            server_name: PyString::new(py, &config.server_name).unbind(),
-            server_software: match ident {
-                Some(ident) => PyString::new(py, ident).into_any().unbind(),
-                None => py.None(),
-            },
+            keys,
+            base: base.unbind(),
             http10: PyString::intern(py, "HTTP/1.0").unbind(),
             http11: PyString::intern(py, "HTTP/1.1").unbind(),
             localhost: PyString::intern(py, "localhost").unbind(),
@@ -181,7 +231,6 @@ impl EnvironTemplate {
                 .iter()
                 .map(|m| PyString::intern(py, m).unbind())
                 .collect(),
-            file_wrapper,
             sys: py.import("sys")?.unbind(),
             content_type: PyString::intern(py, "CONTENT_TYPE").unbind(),
             fields: Mutex::new(fields),
@@ -215,67 +264,99 @@ impl EnvironTemplate {
         latin1(py, method)
     }
 
-    /// Builds the environ. `input` is `wsgi.input`; `disconnected` the callable offered as
-    /// `waitress.client_disconnected`. Also returns the decoded path, for log lines.
+    fn conn_objects<'a>(
+        &self,
+        py: Python<'_>,
+        conn: &'a Arc<ConnInfo>,
+    ) -> PyResult<&'a ConnObjects> {
+        let cached = conn.app_data.get_or_try_init(|| -> PyResult<ConnObjects> {
+            let (addr, port) = match &conn.peer {
+                Peer::Tcp(addr) => {
+                    let ip = match addr.ip() {
+                        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
+                        v4 => v4,
+                    };
+                    (
+                        PyString::new(py, &ip.to_string()).unbind(),
+                        PyString::new(py, &addr.port().to_string()).unbind(),
+                    )
+                }
+                Peer::Unix => (self.localhost.clone_ref(py), self.none_str.clone_ref(py)),
+            };
+            Ok(ConnObjects {
+                remote_addr: addr,
+                remote_port: port,
+                disconnected: Py::new(py, DisconnectCheck { conn: conn.clone() })?,
+            })
+        })?;
+        cached.ok_or_else(|| {
+            pyo3::exceptions::PyRuntimeError::new_err("connection data of another kind")
+        })
+    }
+
+    fn listener_objects<'a>(
+        &self,
+        py: Python<'_>,
+        conn: &'a ConnInfo,
+    ) -> PyResult<&'a ListenerObjects> {
+        let listener = &conn.listener;
+        let cached = listener
+            .app_data
+            .get_or_try_init(|| -> PyResult<ListenerObjects> {
+                Ok(ListenerObjects {
+                    server_port: PyString::new(py, &listener.server_port).unbind(),
+                })
+            })?;
+        cached.ok_or_else(|| {
+            pyo3::exceptions::PyRuntimeError::new_err("listener data of another kind")
+        })
+    }
+
+    /// The request's PATH_INFO as text, for log lines.
+    pub fn path_for_log(&self, target: &[u8]) -> String {
+        let (raw_path, _) = split_target(target);
+        let decoded = percent_decode(raw_path);
+        let path = strip_prefix(collapse_leading_slashes(&decoded), &self.url_prefix);
+        String::from_utf8_lossy(path).into_owned()
+    }
+
+    /// Builds the environ; `input` is `wsgi.input`.
     pub fn build<'py>(
         &self,
         py: Python<'py>,
         request: &Request,
         input: Bound<'py, PyAny>,
-        disconnected: Bound<'py, PyAny>,
-    ) -> PyResult<(Bound<'py, PyDict>, Vec<u8>)> {
+    ) -> PyResult<Bound<'py, PyDict>> {
         let k = &self.keys;
         let head = &request.head;
-        let env = PyDict::new(py);
+        let env = self.base.bind(py).copy()?;
         let target = head.target();
         let (raw_path, query) = split_target(target);
         let decoded = percent_decode(raw_path);
         let path = collapse_leading_slashes(&decoded);
         let path_info = strip_prefix(path, &self.url_prefix);
+        let conn = self.conn_objects(py, &request.conn)?;
+        let listener = self.listener_objects(py, &request.conn)?;
 
         env.set_item(&k.request_method, self.method(py, head.method())?)?;
-        env.set_item(&k.script_name, self.script_name.bind(py))?;
         env.set_item(&k.path_info, latin1(py, path_info)?)?;
         env.set_item(&k.query_string, latin1(py, query)?)?;
         env.set_item(&k.request_uri, latin1(py, target)?)?;
-        env.set_item(&k.server_name, self.server_name.bind(py))?;
-        env.set_item(&k.server_port, &request.conn.listener.server_port)?;
+        env.set_item(&k.server_port, listener.server_port.bind(py))?;
         let protocol = match head.version {
             Version::Http10 => &self.http10,
             Version::Http11 => &self.http11,
         };
         env.set_item(&k.server_protocol, protocol.bind(py))?;
-        env.set_item(&k.server_software, self.server_software.bind(py))?;
-        match &request.conn.peer {
-            Peer::Tcp(addr) => {
-                let ip = match addr.ip() {
-                    IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
-                    v4 => v4,
-                };
-                let ip = PyString::new(py, &ip.to_string());
-                env.set_item(&k.remote_addr, &ip)?;
-                env.set_item(&k.remote_host, &ip)?;
-                env.set_item(&k.remote_port, addr.port().to_string())?;
-            }
-            Peer::Unix => {
-                env.set_item(&k.remote_addr, self.localhost.bind(py))?;
-                env.set_item(&k.remote_host, self.localhost.bind(py))?;
-                env.set_item(&k.remote_port, self.none_str.bind(py))?;
-            }
-        }
-        env.set_item(&k.wsgi_version, self.version.bind(py))?;
-        env.set_item(&k.wsgi_url_scheme, self.url_scheme.bind(py))?;
+        env.set_item(&k.remote_addr, conn.remote_addr.bind(py))?;
+        env.set_item(&k.remote_host, conn.remote_addr.bind(py))?;
+        env.set_item(&k.remote_port, conn.remote_port.bind(py))?;
         env.set_item(&k.wsgi_input, input)?;
         env.set_item(&k.wsgi_errors, self.sys.bind(py).getattr("stderr")?)?;
-        env.set_item(&k.wsgi_multithread, true)?;
-        env.set_item(&k.wsgi_multiprocess, false)?;
-        env.set_item(&k.wsgi_run_once, false)?;
-        env.set_item(&k.wsgi_input_terminated, true)?;
-        env.set_item(&k.wsgi_file_wrapper, self.file_wrapper.bind(py))?;
-        env.set_item(&k.waitress_disconnected, &disconnected)?;
-        env.set_item(&k.tapster_disconnected, &disconnected)?;
+        env.set_item(&k.waitress_disconnected, conn.disconnected.bind(py))?;
+        env.set_item(&k.tapster_disconnected, conn.disconnected.bind(py))?;
         self.add_fields(py, &env, request)?;
-        Ok((env, path_info.to_vec()))
+        Ok(env)
     }
 
     /// Adds CONTENT_TYPE, CONTENT_LENGTH and the `HTTP_*` keys.
@@ -286,41 +367,54 @@ impl EnvironTemplate {
         request: &Request,
     ) -> PyResult<()> {
         let head = &request.head;
-        // (upper-cased name, value); repeated names are joined with ", " in arrival order.
-        let mut merged: Vec<(Vec<u8>, Cow<'_, [u8]>)> = Vec::with_capacity(head.fields().len());
-        for (name, value) in head.fields() {
+        let mut stack = [0u8; FIELD_NAME_STACK];
+        for (index, (name, value)) in head.fields().enumerate() {
             if name.contains(&b'_') {
                 // Underscores would make e.g. "X-Auth_User" collide with "X-Auth-User".
                 continue;
             }
-            let upper: Vec<u8> = name
-                .iter()
-                .map(|&b| {
-                    if b == b'-' {
-                        b'_'
-                    } else {
-                        b.to_ascii_uppercase()
+            let mut heap;
+            let upper: &mut [u8] = if name.len() <= FIELD_NAME_STACK {
+                &mut stack[..name.len()]
+            } else {
+                heap = vec![0u8; name.len()];
+                &mut heap
+            };
+            for (out, &b) in upper.iter_mut().zip(name) {
+                *out = if b == b'-' {
+                    b'_'
+                } else {
+                    b.to_ascii_uppercase()
+                };
+            }
+            let upper: &[u8] = upper;
+            if upper == b"TRANSFER_ENCODING"
+                || (self.clear_proxy_headers && PROXY_FIELDS.contains(&upper))
+            {
+                continue;
+            }
+            // Repeated fields are joined with ", " in arrival order, under the first.
+            let earlier = head.fields().take(index).any(|(n, _)| same_key(n, name));
+            if earlier {
+                continue;
+            }
+            let later = head
+                .fields()
+                .skip(index + 1)
+                .any(|(n, _)| same_key(n, name));
+            let value = if later {
+                let mut joined = value.to_vec();
+                for (n, v) in head.fields().skip(index + 1) {
+                    if same_key(n, name) {
+                        joined.extend_from_slice(b", ");
+                        joined.extend_from_slice(v);
                     }
-                })
-                .collect();
-            if upper == b"TRANSFER_ENCODING" {
-                continue;
-            }
-            if self.clear_proxy_headers && PROXY_FIELDS.contains(&upper.as_slice()) {
-                continue;
-            }
-            match merged.iter_mut().find(|(n, _)| *n == upper) {
-                Some((_, joined)) => {
-                    let v = joined.to_mut();
-                    v.extend_from_slice(b", ");
-                    v.extend_from_slice(value);
                 }
-                None => merged.push((upper, Cow::Borrowed(value))),
-            }
-        }
-        for (upper, value) in &merged {
-            let value = latin1(py, value)?;
-            match upper.as_slice() {
+                latin1(py, &joined)?
+            } else {
+                latin1(py, value)?
+            };
+            match upper {
                 b"CONTENT_TYPE" => env.set_item(self.content_type.bind(py), value)?,
                 b"CONTENT_LENGTH" => {
                     if head.framing != BodyFraming::Chunked {
@@ -335,6 +429,12 @@ impl EnvironTemplate {
         }
         Ok(())
     }
+}
+
+/// Two field names give the same environ key: equal ignoring case, with `-` and `_`
+/// alike (names with `_` never get here).
+fn same_key(a: &[u8], b: &[u8]) -> bool {
+    a.eq_ignore_ascii_case(b)
 }
 
 /// Splits a request target into (path, query), dropping any fragment. Absolute-form

@@ -2,16 +2,20 @@
 //!
 //! One thread at a time drains the queue: it takes the GIL once and runs every ready
 //! job before letting go, so a busy server pays one GIL hand-off per batch, not per
-//! request, and idle threads never fight over the GIL. The other threads stand by. If
-//! every draining thread has been inside the same job for longer than `STALL` (the
-//! application is blocked: sleeping, waiting on a database), a standby thread joins in,
-//! up to `threads` at once, so blocking applications still get `threads`-way
-//! concurrency.
+//! request, and idle threads never fight over the GIL. An I/O thread that queues work
+//! while nobody drains wakes a worker only when it is about to sleep itself (or a batch
+//! has built up), so a burst of requests costs one wake-up.
+//!
+//! A small watchdog thread ticks every `STALL` while the pool is busy. If every
+//! draining thread has been inside its current job for longer than that (the
+//! application is blocked: sleeping, waiting on a database) and work is waiting, it
+//! recruits another worker, up to `threads` at once, so blocking applications still get
+//! `threads`-way concurrency.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::thread::JoinHandle;
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
+use std::thread::{JoinHandle, Thread};
 use std::time::{Duration, Instant};
 
 use pyo3::prelude::*;
@@ -19,10 +23,17 @@ use pyo3::prelude::*;
 use super::response::{AppContext, Exchange};
 use crate::server::{Dispatcher, EventLog, LogLevel, Request};
 
-/// How long the draining threads may be stuck in one job before another thread helps.
+/// The watchdog's period: a draining thread found blocked (sleeping, waiting on I/O)
+/// in the same job at two successive ticks gets help.
 const STALL: Duration = Duration::from_millis(2);
-/// Stall checks without queued work before a standby thread goes back to sleep.
-const STANDBY_LINGER: u32 = 50;
+/// Ticks a draining thread may spend in one job while running (busy, or just waiting
+/// for a CPU) before another thread helps anyway, so short requests are not stuck
+/// behind a long one (they then share the GIL, as under any threaded server).
+const LONG_JOB_TICKS: u32 = 10;
+/// Requests queued by an I/O thread before it wakes a worker without waiting to sleep.
+const DEFERRED_WAKE_LIMIT: usize = 64;
+/// The watchdog sleeps until woken after this long without any draining thread.
+const WATCHDOG_IDLE: Duration = Duration::from_secs(1);
 /// The queue-depth warning is repeated at most this often.
 const DEPTH_WARNING_INTERVAL: Duration = Duration::from_secs(5);
 
@@ -38,10 +49,15 @@ struct State {
     queue: VecDeque<Job>,
     /// Threads holding the GIL and draining the queue.
     running: usize,
-    /// Threads waiting without a timeout.
-    idle: usize,
-    /// One waiting thread polls for stalls while work is queued.
-    standby: bool,
+    /// Threads waiting for work, most recently idle last: waking the last one keeps
+    /// a single hot thread (caches, Python thread state) doing the work.
+    idle: Vec<usize>,
+    /// Threads unparked and not yet back at the queue: more wake-ups would be wasted.
+    waking: usize,
+    /// Extra drainers the watchdog asked for (the application is blocked).
+    recruits: usize,
+    /// The watchdog is in its long sleep and must be woken when work arrives.
+    watchdog_asleep: bool,
     shutdown: bool,
     last_depth_warning: Option<Instant>,
 }
@@ -49,10 +65,16 @@ struct State {
 /// The queue and the bookkeeping shared by the pool's threads and the I/O side.
 pub struct PoolShared {
     state: Mutex<State>,
-    work: Condvar,
-    /// Per thread: when its current job started (nanoseconds since `epoch`, 0 = none).
-    job_started: Vec<AtomicU64>,
-    epoch: Instant,
+    /// The worker threads, to unpark them.
+    workers: Vec<OnceLock<Thread>>,
+    /// The watchdog waits here.
+    tick: Condvar,
+    /// Per thread: the serial number of the job it is running (0 = not draining).
+    current_job: Vec<AtomicU64>,
+    /// Per thread: its kernel thread id, to ask whether it is blocked.
+    tids: Vec<AtomicI32>,
+    /// An I/O thread queued work without waking a worker (see `Dispatcher::flush`).
+    wake_deferred: AtomicBool,
     log: Arc<dyn EventLog>,
 }
 
@@ -62,14 +84,18 @@ impl PoolShared {
             state: Mutex::new(State {
                 queue: VecDeque::new(),
                 running: 0,
-                idle: 0,
-                standby: false,
+                idle: Vec::with_capacity(threads),
+                waking: 0,
+                recruits: 0,
+                watchdog_asleep: false,
                 shutdown: false,
                 last_depth_warning: None,
             }),
-            work: Condvar::new(),
-            job_started: (0..threads).map(|_| AtomicU64::new(0)).collect(),
-            epoch: Instant::now(),
+            workers: (0..threads).map(|_| OnceLock::new()).collect(),
+            tick: Condvar::new(),
+            current_job: (0..threads).map(|_| AtomicU64::new(0)).collect(),
+            tids: (0..threads).map(|_| AtomicI32::new(0)).collect(),
+            wake_deferred: AtomicBool::new(false),
             log,
         }
     }
@@ -78,125 +104,198 @@ impl PoolShared {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn now_nanos(&self) -> u64 {
-        // +1 so that 0 keeps meaning "no job".
-        self.epoch.elapsed().as_nanos() as u64 + 1
+    /// Queues a job and wakes a worker if none is draining.
+    pub fn submit(&self, job: Job) {
+        self.enqueue(job, false);
     }
 
-    /// Queues a job and wakes a thread if none is draining, or a standby if none is
-    /// watching for stalls.
-    pub fn submit(&self, job: Job) {
+    /// Like `submit`; with `defer`, the wake-up of an idle worker waits until the
+    /// calling I/O thread is about to sleep (`flush`) or a batch has built up.
+    fn enqueue(&self, job: Job, defer: bool) {
         let mut state = self.lock();
         state.queue.push_back(job);
-        if state.running == 0 {
-            self.work.notify_one();
-        } else if !state.standby && state.idle > 0 {
-            // Someone must watch for the draining threads getting stuck.
-            self.work.notify_one();
-        }
-        if state.running == self.job_started.len() && self.all_stuck() {
-            let now = Instant::now();
-            let due = state
-                .last_depth_warning
-                .is_none_or(|t| now.duration_since(t) >= DEPTH_WARNING_INTERVAL);
-            if due {
-                state.last_depth_warning = Some(now);
-                let depth = state.queue.len();
-                drop(state);
-                self.log
-                    .log_queue(LogLevel::Warning, format!("Task queue depth is {depth}"));
+        if state.running == 0 && state.waking == 0 {
+            if defer && state.queue.len() < DEFERRED_WAKE_LIMIT {
+                self.wake_deferred.store(true, Ordering::Release);
+            } else {
+                self.wake_one(&mut state);
             }
+        }
+        if state.watchdog_asleep {
+            state.watchdog_asleep = false;
+            self.tick.notify_one();
         }
     }
 
-    /// At least one thread is draining, and every draining thread has been inside its
-    /// current job for longer than `STALL` (the application is blocked, not busy
-    /// with many short requests).
-    fn all_stuck(&self) -> bool {
-        let now = self.now_nanos();
-        let stall = STALL.as_nanos() as u64;
+    /// At least one thread is draining, and every draining thread is stuck in its
+    /// current job: found in it at the previous tick too and blocked now, or found in
+    /// it for `LONG_JOB_TICKS` ticks. A thread that is merely waiting for a CPU is not
+    /// stuck. `seen` is the watchdog's memory: (job, ticks) per thread.
+    fn all_stuck(&self, seen: &mut [(u64, u32)]) -> bool {
         let mut draining = 0;
-        for slot in &self.job_started {
-            let started = slot.load(Ordering::Relaxed);
-            if started == 0 {
+        let mut stuck = 0;
+        for ((slot, tid), seen) in self.current_job.iter().zip(&self.tids).zip(seen) {
+            let job = slot.load(Ordering::Relaxed);
+            if job == 0 {
+                *seen = (0, 0);
                 continue;
             }
-            if now.saturating_sub(started) < stall {
-                return false;
-            }
             draining += 1;
+            if job != seen.0 {
+                *seen = (job, 0);
+                continue;
+            }
+            seen.1 = seen.1.saturating_add(1);
+            if seen.1 >= LONG_JOB_TICKS || thread_blocked(tid.load(Ordering::Relaxed)) {
+                stuck += 1;
+            }
         }
-        draining > 0
+        draining > 0 && stuck == draining
     }
 
     /// Blocks (GIL released) until this thread should start draining; `None` at shutdown.
-    fn wait_for_work(&self, index: usize) -> Option<Job> {
+    fn wait_for_work(&self, index: usize, serial: u64) -> Option<Job> {
         let mut state = self.lock();
+        let mut parked = false;
         loop {
-            if !state.queue.is_empty() && (state.running == 0 || self.all_stuck()) {
+            if parked && !state.idle.contains(&index) {
+                // Popped off the idle stack by a wake-up (not a spurious return).
+                state.waking = state.waking.saturating_sub(1);
+            }
+            if !state.queue.is_empty() && (state.running == 0 || state.recruits > 0) {
+                state.recruits = state.recruits.saturating_sub(1);
                 state.running += 1;
-                self.job_started[index].store(self.now_nanos(), Ordering::Relaxed);
+                self.current_job[index].store(serial, Ordering::Relaxed);
                 return state.queue.pop_front();
             }
             if state.shutdown && state.queue.is_empty() {
                 return None;
             }
-            if !state.standby && (!state.queue.is_empty() || state.running > 0) {
-                // Watch for stalls while others drain; linger a while after the queue
-                // empties so a busy server does not wake a new standby per request.
-                state.standby = true;
-                let mut quiet = 0;
-                while quiet < STANDBY_LINGER && !state.shutdown {
-                    state = self
-                        .work
-                        .wait_timeout(state, STALL)
-                        .unwrap_or_else(|e| e.into_inner())
-                        .0;
-                    if !state.queue.is_empty() && (state.running == 0 || self.all_stuck()) {
-                        break;
-                    }
-                    if state.queue.is_empty() {
-                        quiet += 1;
-                    }
-                }
-                state.standby = false;
-            } else {
-                state.idle += 1;
-                state = self.work.wait(state).unwrap_or_else(|e| e.into_inner());
-                state.idle -= 1;
+            if !state.idle.contains(&index) {
+                state.idle.push(index);
+            }
+            drop(state);
+            // Spurious returns are fine: the conditions are checked again.
+            std::thread::park();
+            parked = true;
+            state = self.lock();
+        }
+    }
+
+    /// Unparks the most recently idle worker.
+    fn wake_one(&self, state: &mut State) {
+        if let Some(index) = state.idle.pop() {
+            state.waking += 1;
+            if let Some(thread) = self.workers[index].get() {
+                thread.unpark();
+            }
+        }
+    }
+
+    fn wake_all(&self, state: &mut State) {
+        for index in std::mem::take(&mut state.idle) {
+            state.waking += 1;
+            if let Some(thread) = self.workers[index].get() {
+                thread.unpark();
             }
         }
     }
 
     /// The next job for a thread that is already draining; `None` (and the thread stops
     /// draining) when the queue is empty.
-    fn next_job(&self, index: usize) -> Option<Job> {
+    fn next_job(&self, index: usize, serial: u64) -> Option<Job> {
         let mut state = self.lock();
         match state.queue.pop_front() {
             Some(job) => {
-                self.job_started[index].store(self.now_nanos(), Ordering::Relaxed);
+                self.current_job[index].store(serial, Ordering::Relaxed);
                 Some(job)
             }
             None => {
-                self.job_started[index].store(0, Ordering::Relaxed);
+                self.current_job[index].store(0, Ordering::Relaxed);
                 state.running -= 1;
                 if state.shutdown {
-                    self.work.notify_all();
+                    self.wake_all(&mut state);
                 }
                 None
             }
         }
     }
 
+    /// The watchdog's loop: recruit a worker when the draining ones are all stuck.
+    fn watchdog(&self) {
+        let mut state = self.lock();
+        let mut last_busy = Instant::now();
+        let mut seen = vec![(0u64, 0u32); self.current_job.len()];
+        loop {
+            if state.shutdown {
+                return;
+            }
+            let busy = state.running > 0 || !state.queue.is_empty();
+            if busy {
+                last_busy = Instant::now();
+            } else if last_busy.elapsed() >= WATCHDOG_IDLE {
+                state.watchdog_asleep = true;
+                while state.watchdog_asleep && !state.shutdown {
+                    state = self.tick.wait(state).unwrap_or_else(|e| e.into_inner());
+                }
+                last_busy = Instant::now();
+                continue;
+            }
+            state = self
+                .tick
+                .wait_timeout(state, STALL)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+            if state.queue.is_empty() || !self.all_stuck(&mut seen) {
+                continue;
+            }
+            let waiting_helpers = state.recruits;
+            if state.idle.len() > waiting_helpers {
+                state.recruits += 1;
+                self.wake_one(&mut state);
+            } else if state.running + waiting_helpers >= self.current_job.len() {
+                self.warn_queue_depth(&mut state);
+            }
+        }
+    }
+
+    /// Every worker is stuck in the application and requests are waiting.
+    fn warn_queue_depth(&self, state: &mut State) {
+        let now = Instant::now();
+        let due = state
+            .last_depth_warning
+            .is_none_or(|t| now.duration_since(t) >= DEPTH_WARNING_INTERVAL);
+        if due {
+            state.last_depth_warning = Some(now);
+            self.log.log_queue(
+                LogLevel::Warning,
+                format!("Task queue depth is {}", state.queue.len()),
+            );
+        }
+    }
+
     fn shutdown(&self) {
-        self.lock().shutdown = true;
-        self.work.notify_all();
+        let mut state = self.lock();
+        state.shutdown = true;
+        self.wake_all(&mut state);
+        drop(state);
+        self.tick.notify_all();
     }
 }
 
 impl Dispatcher for PoolShared {
     fn dispatch(&self, request: Request) {
-        self.submit(Job::Request(request));
+        self.enqueue(Job::Request(request), true);
+    }
+
+    fn flush(&self) {
+        if !self.wake_deferred.swap(false, Ordering::AcqRel) {
+            return;
+        }
+        let mut state = self.lock();
+        if state.running == 0 && state.waking == 0 && !state.queue.is_empty() {
+            self.wake_one(&mut state);
+        }
     }
 }
 
@@ -208,8 +307,8 @@ pub struct Pool {
 
 impl Pool {
     pub fn start(shared: Arc<PoolShared>, ctx: Arc<AppContext>) -> std::io::Result<Pool> {
-        let mut threads = Vec::with_capacity(shared.job_started.len());
-        for index in 0..shared.job_started.len() {
+        let mut threads = Vec::with_capacity(shared.current_job.len() + 1);
+        for index in 0..shared.current_job.len() {
             let shared = shared.clone();
             let ctx = ctx.clone();
             let handle = std::thread::Builder::new()
@@ -217,6 +316,12 @@ impl Pool {
                 .spawn(move || worker(index, &shared, &ctx))?;
             threads.push(handle);
         }
+        let watchdog = shared.clone();
+        threads.push(
+            std::thread::Builder::new()
+                .name("tapster-watchdog".into())
+                .spawn(move || watchdog.watchdog())?,
+        );
         Ok(Pool { shared, threads })
     }
 
@@ -241,18 +346,39 @@ impl Pool {
 }
 
 fn worker(index: usize, shared: &PoolShared, ctx: &Arc<AppContext>) {
+    // Registered before the first wait, so a wake-up can never miss this thread.
+    let _ = shared.workers[index].set(std::thread::current());
+    // SAFETY: gettid has no preconditions.
+    shared.tids[index].store(unsafe { libc::gettid() }, Ordering::Relaxed);
+    // Serial numbers of this thread's jobs, so the watchdog can tell a long job from
+    // a run of short ones without reading the clock per job.
+    let mut serial: u64 = 1;
     Python::attach(|py| {
-        while let Some(first) = py.detach(|| shared.wait_for_work(index)) {
+        while let Some(first) = py.detach(|| shared.wait_for_work(index, serial)) {
             let mut job = first;
             loop {
                 run(py, ctx, job);
-                match shared.next_job(index) {
+                serial += 1;
+                match shared.next_job(index, serial) {
                     Some(next) => job = next,
                     None => break,
                 }
             }
         }
     });
+}
+
+/// Whether a thread of this process is blocked (sleeping or in uninterruptible wait)
+/// rather than running or waiting for a CPU. Unknown counts as blocked.
+fn thread_blocked(tid: i32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")) else {
+        return true;
+    };
+    // The state is the first field after the parenthesised command name.
+    let state = stat
+        .rsplit_once(')')
+        .and_then(|(_, rest)| rest.trim_start().chars().next());
+    !matches!(state, Some('R'))
 }
 
 fn run(py: Python<'_>, ctx: &Arc<AppContext>, job: Job) {

@@ -183,7 +183,11 @@ fn listener_from(fd: i32, kind: &str, server_port: String) -> PyResult<ListenerS
     let socket = unsafe { Socket::from_raw_fd(dup) };
     Ok(ListenerSpec {
         socket,
-        info: Arc::new(ListenerInfo { kind, server_port }),
+        info: Arc::new(ListenerInfo {
+            kind,
+            server_port,
+            app_data: Default::default(),
+        }),
     })
 }
 

@@ -19,9 +19,13 @@ use super::input::Input;
 use super::log::Loggers;
 use super::pool::{Job, PoolShared};
 use super::start_response::{
-    chunk_bytes, ClientDisconnected, RequestFacts, ResponseSettings, ResponseState, StartResponse,
+    ClientDisconnected, RequestFacts, ResponseSettings, ResponseState, StartResponse,
 };
-use crate::server::{ConnInfo, LogLevel, Request};
+use crate::server::responder::Part;
+use crate::server::{LogLevel, Request};
+
+/// The body pieces sent in one go.
+type Chunks<'py> = smallvec::SmallVec<[Bound<'py, PyBytes>; 4]>;
 
 /// Bytes asked of a file's `read()` at a time when it is sent by the server.
 const FILE_READ: usize = 256 * 1024;
@@ -33,19 +37,6 @@ pub struct AppContext {
     pub loggers: Arc<Loggers>,
     pub settings: Arc<ResponseSettings>,
     pub pool: Arc<PoolShared>,
-}
-
-/// The `waitress.client_disconnected` / `tapster.client_disconnected` callable.
-#[pyclass(module = "tapster._tapster", name = "ClientDisconnectedCheck", frozen)]
-pub struct DisconnectCheck {
-    conn: Arc<ConnInfo>,
-}
-
-#[pymethods]
-impl DisconnectCheck {
-    fn __call__(&self) -> bool {
-        self.conn.client_disconnected()
-    }
 }
 
 /// Where the rest of the body comes from.
@@ -72,7 +63,8 @@ pub struct Exchange {
     start: Py<StartResponse>,
     app_iter: Option<Py<PyAny>>,
     source: Source,
-    path: Vec<u8>,
+    /// The request target, for log lines.
+    target: Bytes,
 }
 
 impl Exchange {
@@ -108,7 +100,7 @@ impl AppContext {
             start,
             app_iter: None,
             source: Source::Done,
-            path: Vec::new(),
+            target: request.head.target_bytes(),
         };
         let prepared = self.call_app(py, &request, &mut exchange);
         drop(request);
@@ -120,15 +112,7 @@ impl AppContext {
 
     fn call_app(&self, py: Python<'_>, request: &Request, exchange: &mut Exchange) -> PyResult<()> {
         let input = Bound::new(py, Input::new(request.body.clone()))?.into_any();
-        let check = Bound::new(
-            py,
-            DisconnectCheck {
-                conn: request.conn.clone(),
-            },
-        )?
-        .into_any();
-        let (environ, path) = self.template.build(py, request, input, check)?;
-        exchange.path = path;
+        let environ = self.template.build(py, request, input)?;
         let result = self
             .app
             .bind(py)
@@ -207,7 +191,7 @@ impl AppContext {
             };
             let sent = {
                 let mut start = exchange.start.bind(py).borrow_mut();
-                start.state.send(py, chunks)
+                start.state.send(py, &chunks)
             };
             if let Err(err) = sent {
                 return self.fail(py, exchange, err.into_pyerr());
@@ -235,7 +219,7 @@ impl AppContext {
         }
         let finished = {
             let mut start = exchange.start.bind(py).borrow_mut();
-            start.state.finish(py, &exchange.path)
+            start.state.finish(py)
         };
         match finished {
             Ok(()) => self.close(py, &mut exchange),
@@ -245,7 +229,11 @@ impl AppContext {
 
     /// The next chunks to send, `None` at the end of the body. A list or tuple hands
     /// over everything at once (with the Content-Length computed first).
-    fn next_chunks(&self, py: Python<'_>, exchange: &mut Exchange) -> PyResult<Option<Vec<Bytes>>> {
+    fn next_chunks<'py>(
+        &self,
+        py: Python<'py>,
+        exchange: &mut Exchange,
+    ) -> PyResult<Option<Chunks<'py>>> {
         if exchange.start.bind(py).borrow().state.responder.is_failed() {
             return Err(ClientDisconnected::new_err("client disconnected"));
         }
@@ -258,13 +246,13 @@ impl AppContext {
                     exchange.source = Source::Done;
                     return Ok(None);
                 }
-                let mut chunks = Vec::with_capacity(len - *next);
+                let mut chunks = Chunks::with_capacity(len - *next);
                 let mut total = 0u64;
                 for i in *next..len {
                     let item = items.get_item(i)?;
-                    let bytes = as_bytes(&item)?;
+                    let bytes = as_bytes(&item)?.clone();
                     total += bytes.as_bytes().len() as u64;
-                    chunks.push(chunk_bytes(bytes));
+                    chunks.push(bytes);
                 }
                 exchange.source = Source::Done;
                 let mut start = exchange.start.bind(py).borrow_mut();
@@ -284,7 +272,7 @@ impl AppContext {
                     if bytes.as_bytes().is_empty() {
                         continue;
                     }
-                    return Ok(Some(vec![chunk_bytes(bytes)]));
+                    return Ok(Some(smallvec::smallvec![bytes.clone()]));
                 }
             }
             Source::File {
@@ -317,7 +305,7 @@ impl AppContext {
                 if let Some(r) = remaining {
                     *r = r.saturating_sub(n);
                 }
-                Ok(Some(vec![chunk_bytes(bytes)]))
+                Ok(Some(smallvec::smallvec![bytes.clone()]))
             }
         }
     }
@@ -325,7 +313,7 @@ impl AppContext {
     /// Something raised (or the client left): log it, answer 500 if the head is still
     /// unsent, otherwise cut the connection; then close the app_iter.
     pub fn fail(&self, py: Python<'_>, mut exchange: Box<Exchange>, err: PyErr) {
-        let path = String::from_utf8_lossy(&exchange.path).into_owned();
+        let path = self.template.path_for_log(&exchange.target);
         let gone = err.is_instance_of::<ClientDisconnected>(py)
             || exchange.start.bind(py).borrow().state.responder.is_failed();
         if gone {
@@ -356,8 +344,7 @@ impl AppContext {
             };
             match page {
                 Some((page, responder)) => {
-                    let page = Bytes::from(page);
-                    let _ = py.detach(|| responder.send(&[page]));
+                    let _ = py.detach(|| responder.send(&[Part::Borrowed(&page)]));
                     responder.finish(false);
                 }
                 None => exchange.start.bind(py).borrow().state.abort(),
@@ -373,13 +360,17 @@ impl AppContext {
             return;
         };
         let app_iter = app_iter.bind(py);
+        if app_iter.is_exact_instance_of::<PyList>() || app_iter.is_exact_instance_of::<PyTuple>() {
+            // Built-in sequences have no close(); asking would raise an AttributeError.
+            return;
+        }
         let result = match app_iter.hasattr("close") {
             Ok(true) => app_iter.call_method0("close").map(drop),
             Ok(false) => Ok(()),
             Err(e) => Err(e),
         };
         if let Err(err) = result {
-            let path = String::from_utf8_lossy(&exchange.path).into_owned();
+            let path = self.template.path_for_log(&exchange.target);
             self.loggers.exception(
                 py,
                 &format!("Exception while closing the app_iter of {path}"),

@@ -9,6 +9,7 @@ use bytes::Bytes;
 use pyo3::exceptions::{PyAssertionError, PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyString};
+use smallvec::SmallVec;
 
 use super::log::Loggers;
 use crate::http::request::{is_tchar, Version};
@@ -16,6 +17,7 @@ use crate::http::response::{
     chunk_header, status_code, write_head, BodyMode, Framing, FramingInput, ServerHeader,
     CHUNK_END, LAST_CHUNK,
 };
+use crate::server::responder::Part;
 use crate::server::{ClientGone, ConnInfo, LogLevel, Responder};
 
 pyo3::create_exception!(
@@ -146,7 +148,8 @@ impl ResponseState {
         let status_text = status.cast::<PyString>().map_err(|_| {
             PyAssertionError::new_err(format!("status {} is not a string", repr(status)))
         })?;
-        let status_bytes = encode_latin1(py, status_text)?;
+        let mut status_bytes = Vec::with_capacity(16);
+        push_latin1(&mut status_bytes, status_text)?;
         if status_bytes.iter().any(|&b| b == b'\r' || b == b'\n') {
             return Err(PyValueError::new_err(
                 "carriage return/line feed character present in status",
@@ -184,59 +187,23 @@ impl ResponseState {
                     repr(e.into_inner().as_any())
                 ))
             })?;
-            let value_bytes = encode_latin1(py, &value)?;
-            if value_bytes.iter().any(|&b| b == b'\r' || b == b'\n') {
-                return Err(PyValueError::new_err(
-                    "carriage return/line feed character present in header value",
-                ));
-            }
-            let name_bytes = encode_latin1(py, &name)?;
-            if name_bytes.iter().any(|&b| b == b'\r' || b == b'\n') {
-                return Err(PyValueError::new_err(
-                    "carriage return/line feed character present in header name",
-                ));
-            }
-            let lower = String::from_utf8_lossy(&name_bytes).to_ascii_lowercase();
-            if HOP_BY_HOP.contains(&lower.as_str()) {
-                return Err(PyAssertionError::new_err(format!(
-                    "{} is a hop-by-hop header",
-                    String::from_utf8_lossy(&name_bytes)
-                )));
-            }
-            if name_bytes.is_empty() || !name_bytes.iter().all(|&b| is_tchar(b)) {
-                return Err(PyValueError::new_err(format!(
-                    "invalid header name {}",
-                    repr(name.as_any())
-                )));
-            }
-            if value_bytes
-                .iter()
-                .any(|&b| (b < 0x20 && b != b'\t') || b == 0x7f)
-            {
-                return Err(PyValueError::new_err(format!(
-                    "control character present in header value for {}",
-                    String::from_utf8_lossy(&name_bytes)
-                )));
-            }
-            match lower.as_str() {
-                "content-length" => {
-                    let parsed: i128 = py
-                        .get_type::<pyo3::types::PyInt>()
-                        .call1((&value,))?
-                        .extract()?;
-                    let n = u64::try_from(parsed).map_err(|_| {
-                        PyValueError::new_err(format!("invalid Content-Length {parsed}"))
-                    })?;
-                    content_length = Some(n);
-                    continue;
-                }
-                "date" => app_sent_date = true,
-                "server" => app_sent_server = true,
-                _ => {}
-            }
-            fields.extend_from_slice(&name_bytes);
+            // Serialize straight into the block, then check what was written.
+            let line_start = fields.len();
+            push_latin1(&mut fields, &name)?;
+            let name_end = fields.len();
             fields.extend_from_slice(b": ");
-            fields.extend_from_slice(&value_bytes);
+            let value_start = fields.len();
+            push_latin1(&mut fields, &value)?;
+            let (name_bytes, value_bytes) = (&fields[line_start..name_end], &fields[value_start..]);
+            check_field(name_bytes, value_bytes, &name)?;
+            let is = |n: &str| name_bytes.eq_ignore_ascii_case(n.as_bytes());
+            if is("content-length") {
+                content_length = Some(parse_content_length(py, value_bytes, &value)?);
+                fields.truncate(line_start);
+                continue;
+            }
+            app_sent_date |= is("date");
+            app_sent_server |= is("server");
             fields.extend_from_slice(b"\r\n");
         }
         self.status = Some(status_bytes);
@@ -248,8 +215,8 @@ impl ResponseState {
         Ok(())
     }
 
-    /// Builds the head; the framing is fixed from here on.
-    fn commit_head(&mut self, py: Python<'_>) -> PyResult<Vec<u8>> {
+    /// Writes the head into `out`; the framing is fixed from here on.
+    fn commit_head(&mut self, out: &mut Vec<u8>) -> PyResult<()> {
         let Some(status) = self.status.as_ref() else {
             return Err(PyRuntimeError::new_err(
                 "start_response was not called before body written",
@@ -268,9 +235,8 @@ impl ResponseState {
             (Some(ident), true) => ServerHeader::Via(ident),
             (Some(ident), false) => ServerHeader::Server(ident),
         };
-        let mut head = Vec::with_capacity(self.fields.len() + status.len() + 160);
         write_head(
-            &mut head,
+            out,
             self.facts.version,
             status,
             &self.fields,
@@ -279,23 +245,36 @@ impl ResponseState {
             &framing,
         );
         self.framing = Some(framing);
-        let _ = py;
-        Ok(head)
+        Ok(())
     }
 
-    /// Sends body pieces, sending the head first if it has not gone out yet.
-    /// Errors: a Python exception (no start_response) or the client being gone.
-    pub fn send(&mut self, py: Python<'_>, pieces: Vec<Bytes>) -> Result<(), SendError> {
-        let mut head = match self.framing {
-            None => Some(self.commit_head(py).map_err(SendError::Python)?),
-            Some(_) => None,
-        };
+    /// Sends body pieces (the head first, if it has not gone out yet), framed as the
+    /// head announced. Errors: a Python exception (no start_response) or the client
+    /// being gone.
+    pub fn send(&mut self, py: Python<'_>, pieces: &[Bound<'_, PyBytes>]) -> Result<(), SendError> {
+        let mut out = Outgoing::take();
+        let result = self.frame(py, pieces, &mut out);
+        let result = result.and_then(|()| out.transmit(py, &self.responder));
+        out.give_back();
+        result
+    }
+
+    fn frame(
+        &mut self,
+        py: Python<'_>,
+        pieces: &[Bound<'_, PyBytes>],
+        out: &mut Outgoing,
+    ) -> Result<(), SendError> {
+        if self.framing.is_none() {
+            self.commit_head(&mut out.buf).map_err(SendError::Python)?;
+            out.mark();
+        }
         let Some(framing) = self.framing else {
             return Ok(());
         };
-        let mut parts: Vec<Bytes> = Vec::with_capacity(pieces.len() * 3 + 1);
         for piece in pieces {
-            if piece.is_empty() {
+            let data = piece.as_bytes();
+            if data.is_empty() {
                 continue;
             }
             match framing.body {
@@ -308,11 +287,11 @@ impl ResponseState {
                             "application-written content was ignored due to HTTP response that may not contain a message-body",
                         );
                     }
-                    self.sent += piece.len() as u64;
+                    self.sent += data.len() as u64;
                 }
                 BodyMode::Length(n) => {
                     let allowed = n.saturating_sub(self.sent);
-                    let piece = if (piece.len() as u64) > allowed {
+                    let take = if (data.len() as u64) > allowed {
                         if !self.warned_excess {
                             self.warned_excess = true;
                             self.loggers.log(
@@ -321,58 +300,38 @@ impl ResponseState {
                                 &format!("application-written content exceeded the number of bytes specified by Content-Length header ({n})"),
                             );
                         }
-                        piece.slice(..allowed as usize)
+                        allowed as usize
                     } else {
-                        piece
+                        data.len()
                     };
-                    self.sent += piece.len() as u64;
-                    push_part(&mut head, &mut parts, piece);
+                    self.sent += take as u64;
+                    out.body(piece, take);
                 }
                 BodyMode::Chunked => {
-                    let (prefix, len) = chunk_header(piece.len());
-                    self.sent += piece.len() as u64;
-                    push_part(
-                        &mut head,
-                        &mut parts,
-                        Bytes::copy_from_slice(&prefix[..len]),
-                    );
-                    push_part(&mut head, &mut parts, piece);
-                    push_part(&mut head, &mut parts, Bytes::from_static(CHUNK_END));
+                    let (prefix, len) = chunk_header(data.len());
+                    self.sent += data.len() as u64;
+                    out.small(&prefix[..len]);
+                    out.body(piece, data.len());
+                    out.small(CHUNK_END);
                 }
                 BodyMode::UntilClose => {
-                    self.sent += piece.len() as u64;
-                    push_part(&mut head, &mut parts, piece);
+                    self.sent += data.len() as u64;
+                    out.body(piece, data.len());
                 }
             }
         }
-        if let Some(head) = head {
-            parts.insert(0, Bytes::from(head));
-        }
-        self.transmit(py, parts)
-    }
-
-    fn transmit(&self, py: Python<'_>, parts: Vec<Bytes>) -> Result<(), SendError> {
-        if parts.is_empty() {
-            return if self.responder.is_failed() {
-                Err(SendError::Gone)
-            } else {
-                Ok(())
-            };
-        }
-        let responder = &self.responder;
-        py.detach(|| responder.send(&parts))
-            .map_err(|ClientGone| SendError::Gone)
+        Ok(())
     }
 
     /// Ends the response: sends the head if it is still unsent (with the length of
     /// everything sent, i.e. zero), the last chunk, and tells the connection whether it
     /// may stay open.
-    pub fn finish(&mut self, py: Python<'_>, path: &[u8]) -> Result<(), SendError> {
+    pub fn finish(&mut self, py: Python<'_>) -> Result<(), SendError> {
         if self.framing.is_none() {
             if self.content_length.is_none() {
                 self.content_length = Some(0);
             }
-            self.send(py, Vec::new())?;
+            self.send(py, &[])?;
         }
         let Some(framing) = self.framing else {
             return Ok(());
@@ -388,11 +347,12 @@ impl ResponseState {
                         self.sent
                     ),
                 );
-                let _ = path;
                 keep_alive = false;
             }
             BodyMode::Chunked => {
-                self.transmit(py, vec![Bytes::from_static(LAST_CHUNK)])?;
+                let responder = &self.responder;
+                py.detach(|| responder.send(&[Part::Borrowed(LAST_CHUNK)]))
+                    .map_err(|ClientGone| SendError::Gone)?;
             }
             _ => {}
         }
@@ -422,12 +382,89 @@ impl ResponseState {
     }
 }
 
-/// Appends a body piece: copied onto the end of the unsent head when small, so a small
-/// response is one buffer; referenced otherwise.
-fn push_part(head: &mut Option<Vec<u8>>, parts: &mut Vec<Bytes>, piece: Bytes) {
-    match head {
-        Some(h) if parts.is_empty() && piece.len() <= COALESCE_LIMIT => h.extend_from_slice(&piece),
-        _ => parts.push(piece),
+/// What one `send` puts on the wire: small pieces (head, chunk framing, short bodies)
+/// copied into one reusable per-thread buffer, large bodies referenced where they are.
+struct Outgoing {
+    buf: Vec<u8>,
+    segments: SmallVec<[Segment; 4]>,
+    /// Start of the part of `buf` not yet covered by a segment.
+    open: usize,
+}
+
+enum Segment {
+    Buffered(std::ops::Range<usize>),
+    Shared(Bytes),
+}
+
+thread_local! {
+    static SCRATCH: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+/// Scratch buffers larger than this are not kept between requests.
+const SCRATCH_KEEP: usize = 64 * 1024;
+
+impl Outgoing {
+    fn take() -> Outgoing {
+        let mut buf = SCRATCH.with(|s| s.take());
+        buf.clear();
+        Outgoing {
+            buf,
+            segments: SmallVec::new(),
+            open: 0,
+        }
+    }
+
+    fn give_back(mut self) {
+        if self.buf.capacity() <= SCRATCH_KEEP {
+            self.buf.clear();
+            SCRATCH.with(|s| s.set(std::mem::take(&mut self.buf)));
+        }
+    }
+
+    /// Closes the buffered bytes written since the last segment into a segment.
+    fn mark(&mut self) {
+        if self.buf.len() > self.open {
+            self.segments
+                .push(Segment::Buffered(self.open..self.buf.len()));
+            self.open = self.buf.len();
+        }
+    }
+
+    fn small(&mut self, data: &[u8]) {
+        self.buf.extend_from_slice(data);
+    }
+
+    /// The first `len` bytes of a body piece.
+    fn body(&mut self, piece: &Bound<'_, PyBytes>, len: usize) {
+        let data = &piece.as_bytes()[..len];
+        if len <= COALESCE_LIMIT {
+            self.small(data);
+        } else {
+            self.mark();
+            self.segments
+                .push(Segment::Shared(chunk_bytes(piece).slice(..len)));
+        }
+    }
+
+    fn transmit(&mut self, py: Python<'_>, responder: &Responder) -> Result<(), SendError> {
+        self.mark();
+        let parts: SmallVec<[Part<'_>; 8]> = self
+            .segments
+            .iter()
+            .map(|s| match s {
+                Segment::Buffered(range) => Part::Borrowed(&self.buf[range.clone()]),
+                Segment::Shared(bytes) => Part::Shared(bytes.clone()),
+            })
+            .collect();
+        if parts.is_empty() {
+            return if responder.is_failed() {
+                Err(SendError::Gone)
+            } else {
+                Ok(())
+            };
+        }
+        py.detach(|| responder.send(&parts))
+            .map_err(|ClientGone| SendError::Gone)
     }
 }
 
@@ -453,25 +490,89 @@ fn repr(obj: &Bound<'_, PyAny>) -> String {
         .unwrap_or_else(|_| "<object>".into())
 }
 
-/// The latin-1 bytes of a `str`; characters above U+00FF are an error, as PEP 3333 says
-/// header text must be latin-1.
-fn encode_latin1(py: Python<'_>, s: &Bound<'_, PyString>) -> PyResult<Vec<u8>> {
-    if let Ok(text) = s.to_cow() {
-        if text.is_ascii() {
-            return Ok(text.as_bytes().to_vec());
-        }
+/// Appends the latin-1 bytes of a `str`; characters above U+00FF are an error, as
+/// PEP 3333 says header text must be latin-1.
+fn push_latin1(out: &mut Vec<u8>, s: &Bound<'_, PyString>) -> PyResult<()> {
+    let text = s.to_str()?;
+    if text.is_ascii() {
+        out.extend_from_slice(text.as_bytes());
+        return Ok(());
     }
-    let encoded = s.call_method1("encode", ("latin-1",))?;
-    let _ = py;
-    Ok(encoded.cast::<PyBytes>()?.as_bytes().to_vec())
+    for c in text.chars() {
+        let code = u32::from(c);
+        if code > 0xff {
+            let encoded = s.call_method1("encode", ("latin-1",));
+            // Raise exactly what str.encode raises (UnicodeEncodeError).
+            encoded?;
+            return Err(PyValueError::new_err("header text is not latin-1"));
+        }
+        out.push(code as u8);
+    }
+    Ok(())
 }
 
-/// A body chunk from the application, referenced without copying when large.
+/// The header checks, in Waitress's order: CR/LF in the value, CR/LF in the name,
+/// hop-by-hop names; then Tapster's: the name must be a token, the value free of
+/// control characters.
+fn check_field(name: &[u8], value: &[u8], name_obj: &Bound<'_, PyString>) -> PyResult<()> {
+    let crlf = |b: &u8| *b == b'\r' || *b == b'\n';
+    if value.iter().any(crlf) {
+        return Err(PyValueError::new_err(
+            "carriage return/line feed character present in header value",
+        ));
+    }
+    if name.iter().any(crlf) {
+        return Err(PyValueError::new_err(
+            "carriage return/line feed character present in header name",
+        ));
+    }
+    if HOP_BY_HOP
+        .iter()
+        .any(|h| name.eq_ignore_ascii_case(h.as_bytes()))
+    {
+        return Err(PyAssertionError::new_err(format!(
+            "{} is a hop-by-hop header",
+            String::from_utf8_lossy(name)
+        )));
+    }
+    if name.is_empty() || !name.iter().all(|&b| is_tchar(b)) {
+        return Err(PyValueError::new_err(format!(
+            "invalid header name {}",
+            repr(name_obj.as_any())
+        )));
+    }
+    if value.iter().any(|&b| (b < 0x20 && b != b'\t') || b == 0x7f) {
+        return Err(PyValueError::new_err(format!(
+            "control character present in header value for {}",
+            String::from_utf8_lossy(name)
+        )));
+    }
+    Ok(())
+}
+
+/// A Content-Length set by the application: plain digits are parsed here, anything
+/// else goes through `int()`, which is what Waitress accepts (spaces, underscores).
+fn parse_content_length(py: Python<'_>, text: &[u8], value: &Bound<'_, PyString>) -> PyResult<u64> {
+    let plain =
+        (!text.is_empty() && text.len() <= 18 && text.iter().all(u8::is_ascii_digit)).then(|| {
+            text.iter()
+                .fold(0i128, |n, d| n * 10 + i128::from(d - b'0'))
+        });
+    let parsed: i128 = match plain {
+        Some(n) => n,
+        None => py
+            .get_type::<pyo3::types::PyInt>()
+            .call1((value,))?
+            .extract()?,
+    };
+    u64::try_from(parsed)
+        .map_err(|_| PyValueError::new_err(format!("invalid Content-Length {parsed}")))
+}
+
+/// A body chunk from the application as a shared buffer that keeps the Python object
+/// alive instead of copying it.
 pub fn chunk_bytes(chunk: &Bound<'_, PyBytes>) -> Bytes {
     let data = chunk.as_bytes();
-    if data.len() <= COALESCE_LIMIT {
-        return Bytes::copy_from_slice(data);
-    }
     Bytes::from_owner(PyBytesOwner {
         ptr: data.as_ptr(),
         len: data.len(),
@@ -539,7 +640,7 @@ impl StartResponse {
             ))
         })?;
         self.state
-            .send(py, vec![chunk_bytes(chunk)])
+            .send(py, std::slice::from_ref(chunk))
             .map_err(SendError::into_pyerr)?;
         let responder = &self.state.responder;
         if responder.over_watermark() {
