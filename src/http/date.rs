@@ -1,12 +1,15 @@
 //! The `Date` header value (RFC 9110 IMF-fixdate), formatted at most once per second.
 
-use std::sync::Mutex;
+use std::cell::Cell;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Length of an IMF-fixdate: `Sun, 06 Nov 1994 08:49:37 GMT`.
 pub const DATE_LEN: usize = 29;
 
-static CACHE: Mutex<(u64, [u8; DATE_LEN])> = Mutex::new((u64::MAX, [0; DATE_LEN]));
+thread_local! {
+    /// (second, its formatted date) per thread: no lock on the response path.
+    static CACHE: Cell<(u64, [u8; DATE_LEN])> = const { Cell::new((u64::MAX, [0; DATE_LEN])) };
+}
 
 /// The current time as an IMF-fixdate.
 pub fn now() -> [u8; DATE_LEN] {
@@ -14,12 +17,15 @@ pub fn now() -> [u8; DATE_LEN] {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0);
-    // A poisoned lock only means another thread panicked mid-update; the data is plain bytes.
-    let mut cache = CACHE.lock().unwrap_or_else(|e| e.into_inner());
-    if cache.0 != secs {
-        *cache = (secs, format_imf_fixdate(secs));
-    }
-    cache.1
+    CACHE.with(|cache| {
+        let (cached_secs, text) = cache.get();
+        if cached_secs == secs {
+            return text;
+        }
+        let text = format_imf_fixdate(secs);
+        cache.set((secs, text));
+        text
+    })
 }
 
 /// Formats seconds since the Unix epoch as `Www, DD Mon YYYY HH:MM:SS GMT`.

@@ -7,7 +7,7 @@
 
 use std::ops::Range;
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, BytesMut};
 
 use super::error::{ErrorKind, HttpError};
 
@@ -68,7 +68,9 @@ pub enum BodyFraming {
 /// original head, so nothing is copied.
 #[derive(Clone, Debug)]
 pub struct RequestHead {
-    raw: Bytes,
+    /// The head's bytes, copied out of the read buffer so that buffer stays unshared
+    /// (and reusable without a new allocation for the next read).
+    raw: Box<[u8]>,
     method: Range<usize>,
     target: Range<usize>,
     fields: Vec<FieldSpan>,
@@ -96,11 +98,6 @@ impl RequestHead {
     /// The request target exactly as sent (origin-form, absolute-form, `*` or authority).
     pub fn target(&self) -> &[u8] {
         &self.raw[self.target.clone()]
-    }
-
-    /// The request target as a shared buffer (no copy), to keep after the head is gone.
-    pub fn target_bytes(&self) -> Bytes {
-        self.raw.slice(self.target.clone())
     }
 
     pub fn is_head(&self) -> bool {
@@ -195,7 +192,8 @@ impl HeadParser {
         if self.skipped + head_len >= limits.max_head_bytes {
             return Err(head_too_large(limits));
         }
-        let raw = buf.split_to(head_len).freeze();
+        let raw: Box<[u8]> = buf[..head_len].into();
+        buf.advance(head_len);
         *self = HeadParser::default();
         parse_head(raw, limits).map(Some)
     }
@@ -227,7 +225,7 @@ fn uri_too_long(limits: &HeadLimits) -> HttpError {
 /// Header fields parsed onto the stack when the limit allows; beyond it, on the heap.
 const STACK_FIELDS: usize = 64;
 
-fn parse_head(raw: Bytes, limits: &HeadLimits) -> Result<RequestHead, HttpError> {
+fn parse_head(raw: Box<[u8]>, limits: &HeadLimits) -> Result<RequestHead, HttpError> {
     check_line_endings(&raw, 0, false)?;
     // The head ends with CRLFCRLF and has no bare CR or LF, so the first LF ends the
     // request line and follows its CR.

@@ -14,8 +14,8 @@ use pyo3::types::{PyDict, PyModule, PyString, PyTuple};
 
 use super::WsgiConfig;
 use crate::http::request::has_http_scheme;
-use crate::http::{BodyFraming, Version};
-use crate::server::{ConnInfo, Peer, Request};
+use crate::http::{BodyFraming, RequestHead, Version};
+use crate::server::{ConnInfo, Peer};
 
 /// A Python `str` from bytes taken as latin-1 (PEP 3333's "bytes tunnelled in str").
 pub fn latin1<'py>(py: Python<'py>, bytes: &[u8]) -> PyResult<Bound<'py, PyString>> {
@@ -324,19 +324,20 @@ impl EnvironTemplate {
     pub fn build<'py>(
         &self,
         py: Python<'py>,
-        request: &Request,
+        head: &RequestHead,
+        body_len: u64,
+        conn: &Arc<ConnInfo>,
         input: Bound<'py, PyAny>,
     ) -> PyResult<Bound<'py, PyDict>> {
         let k = &self.keys;
-        let head = &request.head;
         let env = self.base.bind(py).copy()?;
         let target = head.target();
         let (raw_path, query) = split_target(target);
         let decoded = percent_decode(raw_path);
         let path = collapse_leading_slashes(&decoded);
         let path_info = strip_prefix(path, &self.url_prefix);
-        let conn = self.conn_objects(py, &request.conn)?;
-        let listener = self.listener_objects(py, &request.conn)?;
+        let listener = self.listener_objects(py, conn)?;
+        let conn = self.conn_objects(py, conn)?;
 
         env.set_item(&k.request_method, self.method(py, head.method())?)?;
         env.set_item(&k.path_info, latin1(py, path_info)?)?;
@@ -355,7 +356,7 @@ impl EnvironTemplate {
         env.set_item(&k.wsgi_errors, self.sys.bind(py).getattr("stderr")?)?;
         env.set_item(&k.waitress_disconnected, conn.disconnected.bind(py))?;
         env.set_item(&k.tapster_disconnected, conn.disconnected.bind(py))?;
-        self.add_fields(py, &env, request)?;
+        self.add_fields(py, &env, head, body_len)?;
         Ok(env)
     }
 
@@ -364,9 +365,9 @@ impl EnvironTemplate {
         &self,
         py: Python<'_>,
         env: &Bound<'_, PyDict>,
-        request: &Request,
+        head: &RequestHead,
+        body_len: u64,
     ) -> PyResult<()> {
-        let head = &request.head;
         let mut stack = [0u8; FIELD_NAME_STACK];
         for (index, (name, value)) in head.fields().enumerate() {
             if name.contains(&b'_') {
@@ -425,7 +426,7 @@ impl EnvironTemplate {
             }
         }
         if head.framing == BodyFraming::Chunked {
-            env.set_item(&self.keys.content_length, request.body.len().to_string())?;
+            env.set_item(&self.keys.content_length, body_len.to_string())?;
         }
         Ok(())
     }

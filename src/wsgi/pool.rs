@@ -388,7 +388,8 @@ fn run(py: Python<'_>, ctx: &Arc<AppContext>, job: Job) {
     };
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match job {
         Job::Request(request) => ctx.handle_request(py, request),
-        Job::Resume(exchange) => ctx.resume(py, exchange),
+        // A parked response continues once its client has drained the output.
+        Job::Resume(exchange) => ctx.drive(py, *exchange),
     }));
     if outcome.is_err() {
         ctx.loggers.log(

@@ -9,7 +9,6 @@
 
 use std::sync::Arc;
 
-use bytes::Bytes;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList, PyTuple};
 
@@ -21,8 +20,9 @@ use super::pool::{Job, PoolShared};
 use super::start_response::{
     ClientDisconnected, RequestFacts, ResponseSettings, ResponseState, StartResponse,
 };
+use crate::http::RequestHead;
 use crate::server::responder::Part;
-use crate::server::{LogLevel, Request};
+use crate::server::{Body, ConnInfo, LogLevel, Request};
 
 /// The body pieces sent in one go.
 type Chunks<'py> = smallvec::SmallVec<[Bound<'py, PyBytes>; 4]>;
@@ -63,8 +63,8 @@ pub struct Exchange {
     start: Py<StartResponse>,
     app_iter: Option<Py<PyAny>>,
     source: Source,
-    /// The request target, for log lines.
-    target: Bytes,
+    /// The request head, for log lines.
+    head: RequestHead,
 }
 
 impl Exchange {
@@ -76,14 +76,20 @@ impl Exchange {
 impl AppContext {
     /// Runs a new request.
     pub fn handle_request(self: &Arc<Self>, py: Python<'_>, request: Request) {
+        let Request {
+            head,
+            body,
+            conn,
+            responder,
+        } = request;
         let facts = RequestFacts {
-            version: request.head.version,
-            head_request: request.head.is_head(),
-            client_keep_alive: request.head.keep_alive,
+            version: head.version,
+            head_request: head.is_head(),
+            client_keep_alive: head.keep_alive,
         };
         let state = ResponseState::new(
-            request.responder.clone(),
-            request.conn.clone(),
+            responder.clone(),
+            conn.clone(),
             facts,
             self.settings.clone(),
             self.loggers.clone(),
@@ -92,7 +98,7 @@ impl AppContext {
             Ok(s) => s,
             Err(err) => {
                 err.print(py);
-                request.responder.fail();
+                responder.fail();
                 return;
             }
         };
@@ -100,19 +106,26 @@ impl AppContext {
             start,
             app_iter: None,
             source: Source::Done,
-            target: request.head.target_bytes(),
+            head,
         };
-        let prepared = self.call_app(py, &request, &mut exchange);
-        drop(request);
-        match prepared {
-            Ok(()) => self.drive(py, Box::new(exchange)),
-            Err(err) => self.fail(py, Box::new(exchange), err),
+        match self.call_app(py, &mut exchange, body, &conn) {
+            Ok(()) => self.drive(py, exchange),
+            Err(err) => self.fail(py, exchange, err),
         }
     }
 
-    fn call_app(&self, py: Python<'_>, request: &Request, exchange: &mut Exchange) -> PyResult<()> {
-        let input = Bound::new(py, Input::new(request.body.clone()))?.into_any();
-        let environ = self.template.build(py, request, input)?;
+    fn call_app(
+        &self,
+        py: Python<'_>,
+        exchange: &mut Exchange,
+        body: Body,
+        conn: &Arc<ConnInfo>,
+    ) -> PyResult<()> {
+        let body_len = body.len();
+        let input = Bound::new(py, Input::new(body))?.into_any();
+        let environ = self
+            .template
+            .build(py, &exchange.head, body_len, conn, input)?;
         let result = self
             .app
             .bind(py)
@@ -181,7 +194,7 @@ impl AppContext {
 
     /// Pulls chunks and sends them until the body ends, the client falls behind (park),
     /// or something fails.
-    pub fn drive(self: &Arc<Self>, py: Python<'_>, mut exchange: Box<Exchange>) {
+    pub fn drive(self: &Arc<Self>, py: Python<'_>, mut exchange: Exchange) {
         loop {
             let step = self.next_chunks(py, &mut exchange);
             let chunks = match step {
@@ -211,8 +224,9 @@ impl AppContext {
             }
             if responder.over_watermark() {
                 let ctx = self.clone();
+                let parked = Box::new(exchange);
                 responder.on_drain(Box::new(move || {
-                    ctx.pool.submit(Job::Resume(exchange));
+                    ctx.pool.submit(Job::Resume(parked));
                 }));
                 return;
             }
@@ -312,8 +326,8 @@ impl AppContext {
 
     /// Something raised (or the client left): log it, answer 500 if the head is still
     /// unsent, otherwise cut the connection; then close the app_iter.
-    pub fn fail(&self, py: Python<'_>, mut exchange: Box<Exchange>, err: PyErr) {
-        let path = self.template.path_for_log(&exchange.target);
+    pub fn fail(&self, py: Python<'_>, mut exchange: Exchange, err: PyErr) {
+        let path = self.template.path_for_log(exchange.head.target());
         let gone = err.is_instance_of::<ClientDisconnected>(py)
             || exchange.start.bind(py).borrow().state.responder.is_failed();
         if gone {
@@ -370,7 +384,7 @@ impl AppContext {
             Err(e) => Err(e),
         };
         if let Err(err) = result {
-            let path = self.template.path_for_log(&exchange.target);
+            let path = self.template.path_for_log(exchange.head.target());
             self.loggers.exception(
                 py,
                 &format!("Exception while closing the app_iter of {path}"),
@@ -381,11 +395,6 @@ impl AppContext {
                 start.state.responder.finish(false);
             }
         }
-    }
-
-    /// Continues a parked exchange once its client has drained the output.
-    pub fn resume(self: &Arc<Self>, py: Python<'_>, exchange: Box<Exchange>) {
-        self.drive(py, exchange);
     }
 }
 

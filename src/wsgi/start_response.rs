@@ -67,10 +67,13 @@ pub struct ResponseState {
     settings: Arc<ResponseSettings>,
     loggers: Arc<Loggers>,
     /// The status line text, latin-1 encoded (e.g. `200 OK`).
-    status: Option<Vec<u8>>,
+    /// `text[..status_len]`, once start_response has been called.
+    status_len: Option<usize>,
     code: u16,
     /// The application's headers as `Name: value\r\n` lines, without Content-Length.
-    fields: Vec<u8>,
+    /// The status line text (latin-1, e.g. `200 OK`) followed by the application's
+    /// headers as `Name: value\r\n` lines without Content-Length; one buffer for both.
+    text: Vec<u8>,
     /// The application's Content-Length (or one the server worked out for it).
     pub content_length: Option<u64>,
     app_sent_date: bool,
@@ -96,9 +99,9 @@ impl ResponseState {
             facts,
             settings,
             loggers,
-            status: None,
+            status_len: None,
             code: 0,
-            fields: Vec::new(),
+            text: Vec::new(),
             content_length: None,
             app_sent_date: false,
             app_sent_server: false,
@@ -110,7 +113,7 @@ impl ResponseState {
     }
 
     pub fn started(&self) -> bool {
-        self.status.is_some()
+        self.status_len.is_some()
     }
 
     pub fn head_sent(&self) -> bool {
@@ -138,7 +141,7 @@ impl ResponseState {
                     value.call_method1("with_traceback", (traceback,))?,
                 ));
             }
-            None if self.status.is_some() => {
+            None if self.status_len.is_some() => {
                 return Err(PyAssertionError::new_err(
                     "start_response called a second time without providing exc_info.",
                 ));
@@ -148,14 +151,16 @@ impl ResponseState {
         let status_text = status.cast::<PyString>().map_err(|_| {
             PyAssertionError::new_err(format!("status {} is not a string", repr(status)))
         })?;
-        let mut status_bytes = Vec::with_capacity(16);
-        push_latin1(&mut status_bytes, status_text)?;
+        let mut text = Vec::with_capacity(256);
+        push_latin1(&mut text, status_text)?;
+        let status_len = text.len();
+        let status_bytes = &text[..];
         if status_bytes.iter().any(|&b| b == b'\r' || b == b'\n') {
             return Err(PyValueError::new_err(
                 "carriage return/line feed character present in status",
             ));
         }
-        let code = status_code(&status_bytes).ok_or_else(|| {
+        let code = status_code(status_bytes).ok_or_else(|| {
             PyValueError::new_err(format!(
                 "invalid status {}: it must start with a three-digit code",
                 repr(status)
@@ -168,7 +173,7 @@ impl ResponseState {
             return Err(PyValueError::new_err("control character present in status"));
         }
 
-        let mut fields = Vec::with_capacity(256);
+        let fields = &mut text;
         let mut content_length = None;
         let mut app_sent_date = false;
         let mut app_sent_server = false;
@@ -189,11 +194,11 @@ impl ResponseState {
             })?;
             // Serialize straight into the block, then check what was written.
             let line_start = fields.len();
-            push_latin1(&mut fields, &name)?;
+            push_latin1(fields, &name)?;
             let name_end = fields.len();
             fields.extend_from_slice(b": ");
             let value_start = fields.len();
-            push_latin1(&mut fields, &value)?;
+            push_latin1(fields, &value)?;
             let (name_bytes, value_bytes) = (&fields[line_start..name_end], &fields[value_start..]);
             check_field(name_bytes, value_bytes, &name)?;
             let is = |n: &str| name_bytes.eq_ignore_ascii_case(n.as_bytes());
@@ -206,9 +211,9 @@ impl ResponseState {
             app_sent_server |= is("server");
             fields.extend_from_slice(b"\r\n");
         }
-        self.status = Some(status_bytes);
+        self.status_len = Some(status_len);
         self.code = code;
-        self.fields = fields;
+        self.text = text;
         self.content_length = content_length;
         self.app_sent_date = app_sent_date;
         self.app_sent_server = app_sent_server;
@@ -217,7 +222,7 @@ impl ResponseState {
 
     /// Writes the head into `out`; the framing is fixed from here on.
     fn commit_head(&mut self, out: &mut Vec<u8>) -> PyResult<()> {
-        let Some(status) = self.status.as_ref() else {
+        let Some(status_len) = self.status_len else {
             return Err(PyRuntimeError::new_err(
                 "start_response was not called before body written",
             ));
@@ -238,8 +243,8 @@ impl ResponseState {
         write_head(
             out,
             self.facts.version,
-            status,
-            &self.fields,
+            &self.text[..status_len],
+            &self.text[status_len..],
             self.app_sent_date,
             server,
             &framing,
