@@ -303,7 +303,7 @@ async fn accept(listener: &AsyncFd<Socket>) -> io::Result<(Socket, SockAddr)> {
 /// runs when the worker blocks or its time slice ends, and then handles everything that
 /// arrived meanwhile in one go: bigger batches, fewer context switches. On an idle CPU
 /// it still runs at once.
-fn prefer_batching() {
+pub fn prefer_batching() {
     let param = libc::sched_param { sched_priority: 0 };
     // SAFETY: `param` is a valid sched_param; pid 0 means the calling thread. Failure
     // (not permitted) leaves the default policy, which is fine.

@@ -6,6 +6,7 @@ use std::io::{self, IoSlice};
 use std::mem::MaybeUninit;
 use std::net::Shutdown;
 use std::os::fd::{AsRawFd, RawFd};
+use std::task::{ready, Context, Poll};
 
 use bytes::{BufMut, BytesMut};
 use socket2::Socket;
@@ -40,9 +41,21 @@ impl Conn {
 
     /// Reads at most `max` bytes into `buf`. `Ok(0)` means the peer finished sending.
     pub async fn read(&self, buf: &mut BytesMut, max: usize) -> io::Result<usize> {
+        std::future::poll_fn(|cx| self.poll_read(cx, buf, max)).await
+    }
+
+    /// `read` as a poll function. It waits through the socket's single reader slot
+    /// rather than tokio's waiter list, which costs two locks per wait; only the
+    /// connection task reads, so one slot is enough.
+    pub fn poll_read(
+        &self,
+        cx: &mut Context<'_>,
+        buf: &mut BytesMut,
+        max: usize,
+    ) -> Poll<io::Result<usize>> {
         buf.reserve(max);
         loop {
-            let mut guard = self.io.readable().await?;
+            let mut guard = ready!(self.io.poll_read_ready(cx))?;
             let spare = &mut buf.spare_capacity_mut()[..max];
             let want = spare.len();
             match guard.try_io(|io| io.get_ref().recv(spare)) {
@@ -54,10 +67,10 @@ impl Conn {
                         // paying for a read that would only say EAGAIN.
                         guard.clear_ready();
                     }
-                    return Ok(n);
+                    return Poll::Ready(Ok(n));
                 }
                 Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Ok(Err(e)) => return Err(e),
+                Ok(Err(e)) => return Poll::Ready(Err(e)),
                 Err(_would_block) => continue,
             }
         }

@@ -11,7 +11,7 @@ use crate::server::Body;
 /// Bytes read from a spilled body at a time while looking for a line end.
 const LINE_SCAN: usize = 8192;
 
-#[pyclass(module = "tapster._tapster", name = "InputStream")]
+#[pyclass(module = "tapster._tapster", name = "InputStream", freelist = 64)]
 pub struct Input {
     body: Body,
     pos: u64,

@@ -32,6 +32,8 @@ const STALL: Duration = Duration::from_millis(2);
 const LONG_JOB_TICKS: u32 = 10;
 /// Requests queued by an I/O thread before it wakes a worker without waiting to sleep.
 const DEFERRED_WAKE_LIMIT: usize = 64;
+/// The watchdog's period while nothing waits in the queue.
+const QUIET_TICK: Duration = Duration::from_millis(10);
 /// The watchdog sleeps until woken after this long without any draining thread.
 const WATCHDOG_IDLE: Duration = Duration::from_secs(1);
 /// The queue-depth warning is repeated at most this often.
@@ -241,9 +243,16 @@ impl PoolShared {
                 last_busy = Instant::now();
                 continue;
             }
+            // Tick fast only while work is waiting: with an empty queue there is
+            // nobody to recruit a helper for.
+            let period = if state.queue.is_empty() {
+                QUIET_TICK
+            } else {
+                STALL
+            };
             state = self
                 .tick
-                .wait_timeout(state, STALL)
+                .wait_timeout(state, period)
                 .unwrap_or_else(|e| e.into_inner())
                 .0;
             if state.queue.is_empty() || !self.all_stuck(&mut seen) {
@@ -320,7 +329,11 @@ impl Pool {
         threads.push(
             std::thread::Builder::new()
                 .name("tapster-watchdog".into())
-                .spawn(move || watchdog.watchdog())?,
+                .spawn(move || {
+                    // Its ticks must not preempt a worker on the same CPU either.
+                    crate::server::listener::prefer_batching();
+                    watchdog.watchdog()
+                })?,
         );
         Ok(Pool { shared, threads })
     }

@@ -607,7 +607,7 @@ impl AsRef<[u8]> for PyBytesOwner {
 }
 
 /// The native `start_response` callable handed to the application.
-#[pyclass(module = "tapster._tapster", name = "StartResponse")]
+#[pyclass(module = "tapster._tapster", name = "StartResponse", freelist = 64)]
 pub struct StartResponse {
     pub state: ResponseState,
 }
