@@ -63,6 +63,16 @@ impl BodyDecoder {
         }
     }
 
+    /// For a Content-Length body: `n` body bytes were received by other means (straight
+    /// into the body buffer). Does nothing for chunked bodies.
+    pub fn skip_length(&mut self, n: usize) {
+        if let Kind::Length { remaining } = &mut self.kind {
+            let n = (n as u64).min(*remaining);
+            *remaining -= n;
+            self.wire += n;
+        }
+    }
+
     pub fn is_done(&self) -> bool {
         match &self.kind {
             Kind::Length { remaining } => *remaining == 0,

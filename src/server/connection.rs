@@ -16,7 +16,7 @@ use tokio::sync::Notify;
 use tokio::time::{sleep_until, timeout_at, Sleep};
 
 use super::responder::{Responder, Step};
-use super::socket::Conn;
+use super::socket::{Conn, ReadBuf};
 use super::spool::{Body, BodySpool};
 use super::{ConnInfo, Dispatcher, EventLog, LogLevel, Request};
 use crate::config::Config;
@@ -230,6 +230,9 @@ impl Session {
             }
         }
         while !decoder.is_done() {
+            if self.rbuf.is_empty() && self.read_direct(&mut decoder, &mut spool).await? {
+                continue;
+            }
             match self.read_more(BODY_READ, false, None).await {
                 Ok(_) => self.decode_buffered(&mut decoder, &mut spool)?,
                 Err(ReadStop::Failed(err)) => {
@@ -241,6 +244,38 @@ impl Session {
             }
         }
         spool.finish().map_err(BodyFailure::Storage)
+    }
+
+    /// For a Content-Length body kept in memory, receives the next bytes straight into
+    /// the body buffer, saving a copy through the read buffer. `Ok(false)` when that
+    /// does not apply (chunked, or the body is going to a file).
+    async fn read_direct(
+        &mut self,
+        decoder: &mut BodyDecoder,
+        spool: &mut BodySpool,
+    ) -> Result<bool, BodyFailure> {
+        let Some(remaining) = decoder.remaining_hint() else {
+            return Ok(false);
+        };
+        let want = usize::try_from(remaining)
+            .unwrap_or(usize::MAX)
+            .min(BODY_READ);
+        let Some(target) = spool.memory_for(want) else {
+            return Ok(false);
+        };
+        match self.read_into(target, want, false, None).await {
+            Ok(n) => {
+                spool.received_in_memory(n);
+                decoder.skip_length(n);
+                Ok(true)
+            }
+            Err(ReadStop::Failed(err)) => {
+                self.socket_error("reading a request body", &err);
+                Err(BodyFailure::Closed)
+            }
+            // A body cut short cannot be answered meaningfully.
+            Err(_) => Err(BodyFailure::Closed),
+        }
     }
 
     fn decode_buffered(
@@ -277,8 +312,22 @@ impl Session {
         idle: bool,
         deadline: Option<Instant>,
     ) -> Result<usize, ReadStop> {
+        let mut rbuf = std::mem::take(&mut self.rbuf);
+        let result = self.read_into(&mut rbuf, max, idle, deadline).await;
+        self.rbuf = rbuf;
+        result
+    }
+
+    /// `read_more` into any buffer.
+    async fn read_into(
+        &mut self,
+        target: &mut impl ReadBuf,
+        max: usize,
+        idle: bool,
+        deadline: Option<Instant>,
+    ) -> Result<usize, ReadStop> {
         loop {
-            let read = self.conn.read(&mut self.rbuf, max);
+            let read = self.conn.read(target, max);
             let outcome = tokio::select! {
                 biased;
                 r = read => r,

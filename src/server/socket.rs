@@ -24,6 +24,49 @@ pub fn register(socket: Socket) -> io::Result<AsyncFd<Socket>> {
     Ok(unsafe { AsyncFd::register(socket) }?)
 }
 
+/// A growable buffer a socket can read into: `BytesMut` or `Vec<u8>`.
+pub trait ReadBuf {
+    /// Makes room for at least `n` more bytes.
+    fn reserve_for(&mut self, n: usize);
+    /// The uninitialised room after the data.
+    fn spare(&mut self) -> &mut [MaybeUninit<u8>];
+    /// Marks `n` bytes of `spare` as data.
+    ///
+    /// # Safety
+    /// The first `n` bytes of `spare()` must have been initialised.
+    unsafe fn filled(&mut self, n: usize);
+}
+
+impl ReadBuf for BytesMut {
+    fn reserve_for(&mut self, n: usize) {
+        self.reserve(n);
+    }
+
+    fn spare(&mut self) -> &mut [MaybeUninit<u8>] {
+        self.spare_capacity_mut()
+    }
+
+    unsafe fn filled(&mut self, n: usize) {
+        // SAFETY: the caller initialised these bytes.
+        unsafe { self.advance_mut(n) }
+    }
+}
+
+impl ReadBuf for Vec<u8> {
+    fn reserve_for(&mut self, n: usize) {
+        self.reserve(n);
+    }
+
+    fn spare(&mut self) -> &mut [MaybeUninit<u8>] {
+        self.spare_capacity_mut()
+    }
+
+    unsafe fn filled(&mut self, n: usize) {
+        // SAFETY: the caller initialised these bytes, which lie within the capacity.
+        unsafe { self.set_len(self.len() + n) }
+    }
+}
+
 /// Writes never raise SIGPIPE; a vanished peer is an EPIPE error instead.
 const SEND_FLAGS: libc::c_int = libc::MSG_NOSIGNAL;
 
@@ -40,7 +83,7 @@ impl Conn {
     }
 
     /// Reads at most `max` bytes into `buf`. `Ok(0)` means the peer finished sending.
-    pub async fn read(&self, buf: &mut BytesMut, max: usize) -> io::Result<usize> {
+    pub async fn read(&self, buf: &mut impl ReadBuf, max: usize) -> io::Result<usize> {
         std::future::poll_fn(|cx| self.poll_read(cx, buf, max)).await
     }
 
@@ -50,18 +93,18 @@ impl Conn {
     pub fn poll_read(
         &self,
         cx: &mut Context<'_>,
-        buf: &mut BytesMut,
+        buf: &mut impl ReadBuf,
         max: usize,
     ) -> Poll<io::Result<usize>> {
-        buf.reserve(max);
+        buf.reserve_for(max);
         loop {
             let mut guard = ready!(self.io.poll_read_ready(cx))?;
-            let spare = &mut buf.spare_capacity_mut()[..max];
+            let spare = &mut buf.spare()[..max];
             let want = spare.len();
             match guard.try_io(|io| io.get_ref().recv(spare)) {
                 Ok(Ok(n)) => {
                     // SAFETY: recv initialised the first `n` bytes of the spare capacity.
-                    unsafe { buf.advance_mut(n) };
+                    unsafe { buf.filled(n) };
                     if n > 0 && n < want {
                         // A short read drained the socket: wait for the next edge instead of
                         // paying for a read that would only say EAGAIN.

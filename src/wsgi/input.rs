@@ -39,24 +39,33 @@ impl Input {
         self.body.len().saturating_sub(self.pos)
     }
 
-    /// Up to `n` bytes from the current position.
-    fn take(&mut self, n: u64) -> PyResult<Vec<u8>> {
-        let n = n.min(self.remaining());
-        let mut out = vec![0u8; usize::try_from(n).unwrap_or(usize::MAX)];
-        let mut filled = 0;
-        while filled < out.len() {
-            let got = self
-                .body
-                .read_at(self.pos + filled as u64, &mut out[filled..])
-                .map_err(|e| PyOSError::new_err(e.to_string()))?;
-            if got == 0 {
-                break;
+    /// Up to `n` bytes from the current position, copied once, straight into a new
+    /// `bytes` object.
+    fn take<'py>(&mut self, py: Python<'py>, n: u64) -> PyResult<Bound<'py, PyBytes>> {
+        let n = usize::try_from(n.min(self.remaining()))
+            .map_err(|_| PyOSError::new_err("request body too large for this platform"))?;
+        let start = self.pos;
+        let data = match &self.body {
+            Body::Memory(bytes) => {
+                let from = start as usize;
+                PyBytes::new(py, &bytes[from..from + n])
             }
-            filled += got;
-        }
-        out.truncate(filled);
-        self.pos += filled as u64;
-        Ok(out)
+            body => PyBytes::new_with(py, n, |out| {
+                let mut filled = 0;
+                while filled < n {
+                    let got = body
+                        .read_at(start + filled as u64, &mut out[filled..])
+                        .map_err(|e| PyOSError::new_err(e.to_string()))?;
+                    if got == 0 {
+                        return Err(PyOSError::new_err("request body file ended early"));
+                    }
+                    filled += got;
+                }
+                Ok(())
+            })?,
+        };
+        self.pos += n as u64;
+        Ok(data)
     }
 
     /// The next line (through `\n`), at most `limit` bytes.
@@ -109,8 +118,7 @@ impl Input {
     #[pyo3(signature = (size = None))]
     fn read<'py>(&mut self, py: Python<'py>, size: Option<i64>) -> PyResult<Bound<'py, PyBytes>> {
         self.check_open()?;
-        let data = self.take(size_arg(size))?;
-        Ok(PyBytes::new(py, &data))
+        self.take(py, size_arg(size))
     }
 
     #[pyo3(signature = (size = None))]
@@ -126,12 +134,9 @@ impl Input {
             .call1((buffer,))?
             .call_method1("cast", ("B",))?;
         let len = view.len()?;
-        let data = self.take(len as u64)?;
-        let n = data.len();
-        view.set_item(
-            pyo3::types::PySlice::new(py, 0, n as isize, 1),
-            PyBytes::new(py, &data),
-        )?;
+        let data = self.take(py, len as u64)?;
+        let n = data.as_bytes().len();
+        view.set_item(pyo3::types::PySlice::new(py, 0, n as isize, 1), data)?;
         Ok(n)
     }
 
