@@ -20,7 +20,7 @@ use std::io::{self, IoSlice};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::task::{Poll, Waker};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use smallvec::SmallVec;
 
 use super::socket::Conn;
@@ -57,14 +57,6 @@ impl Part<'_> {
     pub fn is_empty(&self) -> bool {
         self.as_slice().is_empty()
     }
-
-    /// The bytes from `offset` on, as an owned buffer.
-    fn owned_from(&self, offset: usize) -> Bytes {
-        match self {
-            Part::Borrowed(b) => Bytes::copy_from_slice(&b[offset..]),
-            Part::Shared(b) => b.slice(offset..),
-        }
-    }
 }
 
 /// A part of a file sent with `sendfile(2)` by the connection task.
@@ -79,6 +71,8 @@ pub struct FileSegment {
 #[derive(Debug)]
 pub enum Chunk {
     Bytes(Bytes),
+    /// Small pieces copied together, still open for more at the end of the queue.
+    Gathered(BytesMut),
     /// This many bytes at the front of the spill file.
     Spilled(u64),
     File(FileSegment),
@@ -144,6 +138,19 @@ pub struct Responder {
     room: Condvar,
 }
 
+/// Gathering buffers start at this size and stop growing at `GATHER_MAX`.
+const GATHER_START: usize = 16 * 1024;
+const GATHER_MAX: usize = 64 * 1024;
+
+/// How `Responder::send` delivers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    /// Write from the calling thread if nothing is queued.
+    Direct,
+    /// Leave the writing to the connection task.
+    Queued,
+}
+
 /// Most pieces a consumer takes in one batch.
 const BATCH_CHUNKS: usize = 64;
 /// Most bytes a consumer takes in one batch (so progress is reported as it goes).
@@ -181,10 +188,13 @@ impl Responder {
 
     // ----- producer side -------------------------------------------------------------
 
-    /// Sends `parts` in order: straight to the socket when possible, queued otherwise.
-    /// Call it without holding the GIL: it may make one non-blocking `writev`. Borrowed
-    /// parts are copied only if the socket does not take them at once.
-    pub fn send(&self, parts: &[Part<'_>]) -> Result<(), ClientGone> {
+    /// Sends `parts` in order. With `Delivery::Direct`, straight to the socket when
+    /// nothing is queued (one non-blocking `writev`; call it without the GIL), queuing
+    /// what the socket does not take. With `Delivery::Queued`, always queued for the
+    /// connection task, which sends many pieces per `writev`: right for the pieces of
+    /// a stream, wrong for a response that is complete in one go. Borrowed parts are
+    /// copied (small ones gathered into one buffer) only when queued.
+    pub fn send(&self, parts: &[Part<'_>], delivery: Delivery) -> Result<(), ClientGone> {
         let mut inner = self.lock();
         if inner.failed {
             return Err(ClientGone);
@@ -193,7 +203,7 @@ impl Responder {
             return Ok(());
         }
         let mut skip = 0usize;
-        if inner.queue.is_empty() && inner.writer == Writer::Idle {
+        if delivery == Delivery::Direct && inner.queue.is_empty() && inner.writer == Writer::Idle {
             inner.writer = Writer::Producer;
             drop(inner);
             let mut slices: SmallVec<[IoSlice<'_>; 8]> = SmallVec::new();
@@ -221,9 +231,12 @@ impl Responder {
                 skip -= len;
                 continue;
             }
-            let rest = part.owned_from(skip);
+            let queued = match part {
+                Part::Borrowed(b) => self.gather(&mut inner, &b[skip..]),
+                Part::Shared(b) => self.enqueue(&mut inner, b.slice(skip..)),
+            };
             skip = 0;
-            if let Err(_e) = self.enqueue(&mut inner, rest) {
+            if queued.is_err() {
                 self.fail_locked(inner);
                 return Err(ClientGone);
             }
@@ -233,6 +246,32 @@ impl Responder {
                 w.wake();
             }
         }
+        Ok(())
+    }
+
+    /// Queues a copy of `data`, appended to the gathering buffer at the end of the
+    /// queue when there is one with room.
+    fn gather(&self, inner: &mut Inner, data: &[u8]) -> io::Result<()> {
+        if data.is_empty() {
+            return Ok(());
+        }
+        if inner.mem_bytes + data.len() > self.limits.overflow {
+            return self.enqueue(inner, Bytes::copy_from_slice(data));
+        }
+        if let Some(Chunk::Gathered(buf)) = inner.queue.back_mut() {
+            if buf.len() + data.len() <= GATHER_MAX {
+                buf.extend_from_slice(data);
+                inner.mem_bytes += data.len();
+                return Ok(());
+            }
+        }
+        if data.len() > GATHER_MAX / 2 {
+            return self.enqueue(inner, Bytes::copy_from_slice(data));
+        }
+        let mut buf = BytesMut::with_capacity(GATHER_MAX.min(data.len().max(GATHER_START)));
+        buf.extend_from_slice(data);
+        inner.mem_bytes += data.len();
+        inner.queue.push_back(Chunk::Gathered(buf));
         Ok(())
     }
 
@@ -408,6 +447,10 @@ impl Responder {
                     bytes += b.len();
                     batch.push(Chunk::Bytes(b));
                 }
+                Chunk::Gathered(b) => {
+                    bytes += b.len();
+                    batch.push(Chunk::Bytes(b.freeze()));
+                }
                 Chunk::Spilled(n) => {
                     let spill = inner
                         .spill
@@ -511,7 +554,9 @@ impl Responder {
                     self.write_bytes(&mut bufs).await?;
                     send_file_segment(&self.conn, &segment).await?;
                 }
-                Chunk::Spilled(_) => return Err(io::Error::other("unexpected spilled chunk")),
+                Chunk::Spilled(_) | Chunk::Gathered(_) => {
+                    return Err(io::Error::other("unexpected chunk in a batch"))
+                }
             }
         }
         self.write_bytes(&mut bufs).await?;

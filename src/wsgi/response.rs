@@ -21,7 +21,7 @@ use super::start_response::{
     ClientDisconnected, RequestFacts, ResponseSettings, ResponseState, StartResponse,
 };
 use crate::http::RequestHead;
-use crate::server::responder::Part;
+use crate::server::responder::{Delivery, Part};
 use crate::server::{Body, ConnInfo, LogLevel, Request};
 
 /// The body pieces sent in one go.
@@ -358,7 +358,8 @@ impl AppContext {
             };
             match page {
                 Some((page, responder)) => {
-                    let _ = py.detach(|| responder.send(&[Part::Borrowed(&page)]));
+                    let _ =
+                        py.detach(|| responder.send(&[Part::Borrowed(&page)], Delivery::Direct));
                     responder.finish(false);
                 }
                 None => exchange.start.bind(py).borrow().state.abort(),

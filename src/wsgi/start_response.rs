@@ -17,7 +17,7 @@ use crate::http::response::{
     chunk_header, status_code, write_head, BodyMode, Framing, FramingInput, ServerHeader,
     CHUNK_END, LAST_CHUNK,
 };
-use crate::server::responder::Part;
+use crate::server::responder::{Delivery, Part};
 use crate::server::{ClientGone, ConnInfo, LogLevel, Responder};
 
 pyo3::create_exception!(
@@ -257,9 +257,17 @@ impl ResponseState {
     /// head announced. Errors: a Python exception (no start_response) or the client
     /// being gone.
     pub fn send(&mut self, py: Python<'_>, pieces: &[Bound<'_, PyBytes>]) -> Result<(), SendError> {
+        // The piece that carries the head goes straight out (most responses are one
+        // piece); later pieces of a stream are queued for the connection task, which
+        // sends many of them per system call.
+        let delivery = if self.head_sent() {
+            Delivery::Queued
+        } else {
+            Delivery::Direct
+        };
         let mut out = Outgoing::take();
         let result = self.frame(py, pieces, &mut out);
-        let result = result.and_then(|()| out.transmit(py, &self.responder));
+        let result = result.and_then(|()| out.transmit(py, &self.responder, delivery));
         out.give_back();
         result
     }
@@ -356,7 +364,7 @@ impl ResponseState {
             }
             BodyMode::Chunked => {
                 let responder = &self.responder;
-                py.detach(|| responder.send(&[Part::Borrowed(LAST_CHUNK)]))
+                py.detach(|| responder.send(&[Part::Borrowed(LAST_CHUNK)], Delivery::Direct))
                     .map_err(|ClientGone| SendError::Gone)?;
             }
             _ => {}
@@ -451,7 +459,12 @@ impl Outgoing {
         }
     }
 
-    fn transmit(&mut self, py: Python<'_>, responder: &Responder) -> Result<(), SendError> {
+    fn transmit(
+        &mut self,
+        py: Python<'_>,
+        responder: &Responder,
+        delivery: Delivery,
+    ) -> Result<(), SendError> {
         self.mark();
         let parts: SmallVec<[Part<'_>; 8]> = self
             .segments
@@ -468,7 +481,7 @@ impl Outgoing {
                 Ok(())
             };
         }
-        py.detach(|| responder.send(&parts))
+        py.detach(|| responder.send(&parts, delivery))
             .map_err(|ClientGone| SendError::Gone)
     }
 }
