@@ -35,6 +35,11 @@ pub struct Shared {
     pub closing: Arc<AtomicBool>,
 }
 
+/// A connection's read buffer starts this small (most request heads fit) and grows to
+/// `recv_bytes` only when needed, so idle keep-alive connections cost little memory.
+const INITIAL_READ_BUFFER: usize = 2048;
+/// Below this much room, the read buffer grows before the next read.
+const MIN_READ: usize = 512;
 /// Body bytes asked of each `recv` while receiving a large body.
 const BODY_READ: usize = 64 * 1024;
 /// After an error or `Connection: close`, how long and how much we keep reading (and
@@ -58,7 +63,7 @@ pub async fn serve(conn: Arc<Conn>, info: Arc<ConnInfo>, shared: Arc<Shared>) {
     let mut session = Session {
         conn,
         info,
-        rbuf: BytesMut::with_capacity(shared.config.recv_bytes),
+        rbuf: BytesMut::with_capacity(INITIAL_READ_BUFFER.min(shared.config.recv_bytes)),
         parser: HeadParser::new(),
         shutdown,
         shutdown_seen: false,
@@ -313,6 +318,14 @@ impl Session {
         deadline: Option<Instant>,
     ) -> Result<usize, ReadStop> {
         let mut rbuf = std::mem::take(&mut self.rbuf);
+        // Use the room the buffer already has while there is a fair amount of it;
+        // grow to `max` only when it runs short.
+        let spare = rbuf.capacity() - rbuf.len();
+        let max = if spare >= MIN_READ {
+            spare.min(max)
+        } else {
+            max
+        };
         let result = self.read_into(&mut rbuf, max, idle, deadline).await;
         self.rbuf = rbuf;
         result

@@ -197,7 +197,8 @@ impl Conn {
     /// Reads and throws away whatever the peer still sends, so that closing does not
     /// turn into a reset that destroys the response still in flight to the client.
     pub async fn discard_input(&self, budget: usize) {
-        let mut scratch = [MaybeUninit::<u8>::uninit(); 16384];
+        // On the heap: an array here would sit in every connection's future.
+        let mut scratch = vec![MaybeUninit::<u8>::uninit(); 16384];
         let mut left = budget;
         while left > 0 {
             let Ok(mut guard) = self.io.readable().await else {

@@ -73,6 +73,8 @@ pub struct PoolShared {
     tick: Condvar,
     /// Per thread: the serial number of the job it is running (0 = not draining).
     current_job: Vec<AtomicU64>,
+    /// Per thread: `current_job` as the watchdog saw it at its last tick.
+    seen_job: Vec<AtomicU64>,
     /// Per thread: its kernel thread id, to ask whether it is blocked.
     tids: Vec<AtomicI32>,
     /// An I/O thread queued work without waking a worker (see `Dispatcher::flush`).
@@ -96,6 +98,7 @@ impl PoolShared {
             workers: (0..threads).map(|_| OnceLock::new()).collect(),
             tick: Condvar::new(),
             current_job: (0..threads).map(|_| AtomicU64::new(0)).collect(),
+            seen_job: (0..threads).map(|_| AtomicU64::new(0)).collect(),
             tids: (0..threads).map(|_| AtomicI32::new(0)).collect(),
             wake_deferred: AtomicBool::new(false),
             log,
@@ -126,7 +129,26 @@ impl PoolShared {
         if state.watchdog_asleep {
             state.watchdog_asleep = false;
             self.tick.notify_one();
+        } else if state.running > 0
+            && state.idle.len() > state.recruits
+            && state.waking == 0
+            && self.runners_unchanged()
+        {
+            // Every runner is still in the job the watchdog saw at its last tick: it
+            // may be blocked, so let the watchdog look now rather than a tick later.
+            self.tick.notify_one();
         }
+    }
+
+    /// Every draining thread is in the job the watchdog last saw it in.
+    fn runners_unchanged(&self) -> bool {
+        self.current_job
+            .iter()
+            .zip(&self.seen_job)
+            .all(|(now, seen)| {
+                let job = now.load(Ordering::Relaxed);
+                job == 0 || job == seen.load(Ordering::Relaxed)
+            })
     }
 
     /// At least one thread is draining, and every draining thread is stuck in its
@@ -136,8 +158,15 @@ impl PoolShared {
     fn all_stuck(&self, seen: &mut [(u64, u32)]) -> bool {
         let mut draining = 0;
         let mut stuck = 0;
-        for ((slot, tid), seen) in self.current_job.iter().zip(&self.tids).zip(seen) {
+        for (((slot, tid), seen), published) in self
+            .current_job
+            .iter()
+            .zip(&self.tids)
+            .zip(seen)
+            .zip(&self.seen_job)
+        {
             let job = slot.load(Ordering::Relaxed);
+            published.store(job, Ordering::Relaxed);
             if job == 0 {
                 *seen = (0, 0);
                 continue;
@@ -243,9 +272,8 @@ impl PoolShared {
                 last_busy = Instant::now();
                 continue;
             }
-            // Tick fast only while work is waiting: with an empty queue there is
-            // nobody to recruit a helper for.
-            let period = if state.queue.is_empty() {
+            // Tick fast only while work is waiting and a helper could be recruited.
+            let period = if state.queue.is_empty() || state.idle.len() <= state.recruits {
                 QUIET_TICK
             } else {
                 STALL
@@ -255,27 +283,37 @@ impl PoolShared {
                 .wait_timeout(state, period)
                 .unwrap_or_else(|e| e.into_inner())
                 .0;
-            if state.queue.is_empty() || !self.all_stuck(&mut seen) {
+            if state.queue.is_empty() {
                 continue;
             }
-            let waiting_helpers = state.recruits;
-            if state.idle.len() > waiting_helpers {
+            // Asking the kernel about each runner costs a little; do it only when a
+            // helper could be recruited, or a queue-depth warning is due.
+            let can_recruit = state.idle.len() > state.recruits;
+            if !can_recruit && !self.depth_warning_due(&state) {
+                continue;
+            }
+            if !self.all_stuck(&mut seen) {
+                continue;
+            }
+            if can_recruit {
                 state.recruits += 1;
                 self.wake_one(&mut state);
-            } else if state.running + waiting_helpers >= self.current_job.len() {
+            } else {
                 self.warn_queue_depth(&mut state);
             }
         }
     }
 
+    fn depth_warning_due(&self, state: &State) -> bool {
+        state
+            .last_depth_warning
+            .is_none_or(|t| t.elapsed() >= DEPTH_WARNING_INTERVAL)
+    }
+
     /// Every worker is stuck in the application and requests are waiting.
     fn warn_queue_depth(&self, state: &mut State) {
-        let now = Instant::now();
-        let due = state
-            .last_depth_warning
-            .is_none_or(|t| now.duration_since(t) >= DEPTH_WARNING_INTERVAL);
-        if due {
-            state.last_depth_warning = Some(now);
+        if self.depth_warning_due(state) {
+            state.last_depth_warning = Some(Instant::now());
             self.log.log_queue(
                 LogLevel::Warning,
                 format!("Task queue depth is {}", state.queue.len()),
