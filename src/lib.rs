@@ -22,5 +22,23 @@ fn _tapster(m: &Bound<'_, PyModule>) -> PyResult<()> {
         py.get_type::<wsgi::start_response::ClientDisconnected>(),
     )?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    m.add_function(pyo3::wrap_pyfunction!(stats, m)?)?;
     Ok(())
+}
+
+/// Process-wide counters, for tests and monitoring: how many responses went out with
+/// `sendfile(2)` and how many bytes.
+#[pyfunction]
+fn stats(py: Python<'_>) -> PyResult<Bound<'_, pyo3::types::PyDict>> {
+    use std::sync::atomic::Ordering;
+    let d = pyo3::types::PyDict::new(py);
+    d.set_item(
+        "sendfile_responses",
+        server::responder::SENDFILE_RESPONSES.load(Ordering::Relaxed),
+    )?;
+    d.set_item(
+        "sendfile_bytes",
+        server::responder::SENDFILE_BYTES.load(Ordering::Relaxed),
+    )?;
+    Ok(d)
 }

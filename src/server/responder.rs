@@ -17,6 +17,7 @@ use std::collections::VecDeque;
 use std::fs::File;
 use std::future::poll_fn;
 use std::io::{self, IoSlice};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::task::{Poll, Waker};
 
@@ -588,9 +589,15 @@ impl Responder {
     }
 }
 
+/// Responses whose body went out with `sendfile(2)`, and the bytes sent that way
+/// (process-wide; exposed to Python as `tapster._tapster.stats()`).
+pub static SENDFILE_RESPONSES: AtomicU64 = AtomicU64::new(0);
+pub static SENDFILE_BYTES: AtomicU64 = AtomicU64::new(0);
+
 /// Sends a whole file segment; a file that ends early is an error (the connection must
 /// be cut, since the promised length can no longer be honoured).
 async fn send_file_segment(conn: &Conn, segment: &FileSegment) -> io::Result<()> {
+    SENDFILE_RESPONSES.fetch_add(1, Ordering::Relaxed);
     use std::os::fd::AsRawFd;
     const MAX_SENDFILE: u64 = 1 << 30;
     let fd = segment.file.as_raw_fd();
@@ -605,6 +612,7 @@ async fn send_file_segment(conn: &Conn, segment: &FileSegment) -> io::Result<()>
             ));
         }
         sent += n as u64;
+        SENDFILE_BYTES.fetch_add(n as u64, Ordering::Relaxed);
     }
     Ok(())
 }

@@ -2,6 +2,9 @@
 //! when the application returns the wrapper as its app_iter, and behaves as a plain
 //! iterable of `block_size` reads anywhere else (for example inside middleware).
 
+use std::fs::File;
+use std::os::fd::FromRawFd;
+
 use pyo3::exceptions::{PyAttributeError, PyTypeError};
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
@@ -98,5 +101,75 @@ impl FileWrapper {
         Err(PyAttributeError::new_err(format!(
             "'FileWrapper' object has no attribute '{name}'"
         )))
+    }
+}
+
+/// The Python file types whose `read()` returns exactly the bytes of their descriptor,
+/// so the server may send the descriptor itself with `sendfile(2)`.
+pub struct ZeroCopyTypes {
+    file_io: Py<PyAny>,
+    buffered_reader: Py<PyAny>,
+    buffered_random: Py<PyAny>,
+    temp_wrapper: Option<Py<PyAny>>,
+}
+
+impl ZeroCopyTypes {
+    pub fn new(py: Python<'_>) -> PyResult<ZeroCopyTypes> {
+        let io = py.import("io")?;
+        let temp_wrapper = py
+            .import("tempfile")
+            .and_then(|t| t.getattr("_TemporaryFileWrapper"))
+            .ok()
+            .map(Bound::unbind);
+        Ok(ZeroCopyTypes {
+            file_io: io.getattr("FileIO")?.unbind(),
+            buffered_reader: io.getattr("BufferedReader")?.unbind(),
+            buffered_random: io.getattr("BufferedRandom")?.unbind(),
+            temp_wrapper,
+        })
+    }
+
+    /// A duplicate of the descriptor behind `filelike`, if sending it directly is
+    /// exactly what `read()` would produce: a binary `FileIO`, or a buffered reader over
+    /// one (also inside a `tempfile` wrapper), on a regular file. Anything else (a
+    /// `GzipFile`, a text file, a pipe, a class that merely has `fileno()`) gets `None`
+    /// and is read through Python.
+    pub fn descriptor(&self, filelike: &Bound<'_, PyAny>) -> PyResult<Option<File>> {
+        let py = filelike.py();
+        let mut file = filelike.clone();
+        if let Some(wrapper) = &self.temp_wrapper {
+            if file.get_type().is(wrapper.bind(py)) {
+                file = file.getattr("file")?;
+            }
+        }
+        let kind = file.get_type();
+        let buffered =
+            kind.is(self.buffered_reader.bind(py)) || kind.is(self.buffered_random.bind(py));
+        let raw = if buffered {
+            file.getattr("raw")?
+        } else {
+            file.clone()
+        };
+        if !raw.get_type().is(self.file_io.bind(py)) {
+            return Ok(None);
+        }
+        if buffered && kind.is(self.buffered_random.bind(py)) {
+            // Unwritten data in the buffer must reach the file before it is sent.
+            file.call_method0("flush")?;
+        }
+        let fd: i32 = file.call_method0("fileno")?.extract()?;
+        // SAFETY: F_DUPFD_CLOEXEC on a descriptor the file object owns returns a new
+        // descriptor or -1; it touches no memory.
+        let dup = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) };
+        if dup < 0 {
+            return Ok(None);
+        }
+        // SAFETY: `dup` is a fresh descriptor that nothing else owns.
+        let owned = unsafe { File::from_raw_fd(dup) };
+        let regular = owned
+            .metadata()
+            .map(|m| m.file_type().is_file())
+            .unwrap_or(false);
+        Ok(regular.then_some(owned))
     }
 }

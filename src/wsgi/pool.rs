@@ -45,6 +45,8 @@ pub enum Job {
     Request(Request),
     /// A response parked while its client caught up.
     Resume(Box<Exchange>),
+    /// Deferred work that needs the GIL (closing a file after sendfile).
+    Call(Box<dyn FnOnce(Python<'_>) + Send>),
 }
 
 struct State {
@@ -434,13 +436,15 @@ fn thread_blocked(tid: i32) -> bool {
 
 fn run(py: Python<'_>, ctx: &Arc<AppContext>, job: Job) {
     let responder = match &job {
-        Job::Request(request) => request.responder.clone(),
-        Job::Resume(exchange) => exchange.responder(py),
+        Job::Request(request) => Some(request.responder.clone()),
+        Job::Resume(exchange) => Some(exchange.responder(py)),
+        Job::Call(_) => None,
     };
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match job {
         Job::Request(request) => ctx.handle_request(py, request),
         // A parked response continues once its client has drained the output.
         Job::Resume(exchange) => ctx.drive(py, *exchange),
+        Job::Call(work) => work(py),
     }));
     if outcome.is_err() {
         ctx.loggers.log(
@@ -448,6 +452,8 @@ fn run(py: Python<'_>, ctx: &Arc<AppContext>, job: Job) {
             LogLevel::Error,
             "internal error while serving a request (a bug in Tapster); the connection was dropped",
         );
-        responder.fail();
+        if let Some(responder) = responder {
+            responder.fail();
+        }
     }
 }

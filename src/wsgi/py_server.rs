@@ -13,7 +13,7 @@ use pyo3::types::PyDict;
 use socket2::Socket;
 
 use super::environ::EnvironTemplate;
-use super::file_wrapper::FileWrapper;
+use super::file_wrapper::{FileWrapper, ZeroCopyTypes};
 use super::log::{Control, Loggers};
 use super::pool::{Pool, PoolShared};
 use super::response::AppContext;
@@ -246,6 +246,7 @@ impl PyServer {
                 expose_tracebacks: self.wsgi.expose_tracebacks,
             }),
             pool: pool_shared.clone(),
+            zero_copy: ZeroCopyTypes::new(py)?,
         });
         let pool =
             Pool::start(pool_shared.clone(), ctx).map_err(|e| PyOSError::new_err(e.to_string()))?;

@@ -14,6 +14,7 @@ use pyo3::types::{PyBytes, PyList, PyTuple};
 
 use super::environ::EnvironTemplate;
 use super::file_wrapper::FileWrapper;
+use super::file_wrapper::ZeroCopyTypes;
 use super::input::Input;
 use super::log::Loggers;
 use super::pool::{Job, PoolShared};
@@ -23,6 +24,7 @@ use super::start_response::{
 use crate::http::RequestHead;
 use crate::server::responder::{Delivery, Part};
 use crate::server::{Body, ConnInfo, LogLevel, Request};
+use std::fs::File;
 
 /// The body pieces sent in one go.
 type Chunks<'py> = smallvec::SmallVec<[Bound<'py, PyBytes>; 4]>;
@@ -37,6 +39,7 @@ pub struct AppContext {
     pub loggers: Arc<Loggers>,
     pub settings: Arc<ResponseSettings>,
     pub pool: Arc<PoolShared>,
+    pub zero_copy: ZeroCopyTypes,
 }
 
 /// Where the rest of the body comes from.
@@ -54,6 +57,12 @@ enum Source {
         filelike: Py<PyAny>,
         remaining: Option<u64>,
         block: usize,
+    },
+    /// A regular file sent by the connection task with `sendfile(2)`.
+    SendFile {
+        file: File,
+        offset: u64,
+        len: u64,
     },
     Done,
 }
@@ -185,6 +194,14 @@ impl AppContext {
             _ => size,
         };
         start.state.content_length = Some(length);
+        drop(start);
+        if let Some(file) = self.zero_copy.descriptor(f)? {
+            return Ok(Source::SendFile {
+                file,
+                offset: pos,
+                len: length,
+            });
+        }
         Ok(Source::File {
             filelike: wrapper.filelike.clone_ref(py),
             remaining: Some(length),
@@ -195,6 +212,9 @@ impl AppContext {
     /// Pulls chunks and sends them until the body ends, the client falls behind (park),
     /// or something fails.
     pub fn drive(self: &Arc<Self>, py: Python<'_>, mut exchange: Exchange) {
+        if matches!(exchange.source, Source::SendFile { .. }) {
+            return self.send_file(py, exchange);
+        }
         loop {
             let step = self.next_chunks(py, &mut exchange);
             let chunks = match step {
@@ -252,7 +272,8 @@ impl AppContext {
             return Err(ClientDisconnected::new_err("client disconnected"));
         }
         match &mut exchange.source {
-            Source::Done => Ok(None),
+            // Handled by `send_file` before any chunk is pulled.
+            Source::Done | Source::SendFile { .. } => Ok(None),
             Source::Seq { items, next } => {
                 let items = items.bind(py).clone();
                 let len = items.len()?;
@@ -322,6 +343,45 @@ impl AppContext {
                 Ok(Some(smallvec::smallvec![bytes.clone()]))
             }
         }
+    }
+
+    /// Hands a regular file to the connection task. The worker is free at once; the
+    /// file object's `close()` runs (in a pool job, with the GIL) once the last byte is
+    /// out or the client has gone.
+    fn send_file(self: &Arc<Self>, py: Python<'_>, mut exchange: Exchange) {
+        let Source::SendFile { file, offset, len } =
+            std::mem::replace(&mut exchange.source, Source::Done)
+        else {
+            return;
+        };
+        let sent = {
+            let mut start = exchange.start.bind(py).borrow_mut();
+            start
+                .state
+                .send_file(py, file, offset, len)
+                .and_then(|()| start.state.finish(py))
+        };
+        if let Err(err) = sent {
+            return self.fail(py, exchange, err.into_pyerr());
+        }
+        let responder = exchange.responder(py);
+        let ctx = self.clone();
+        responder.on_finished(Box::new(move |delivered| {
+            let pool = ctx.pool.clone();
+            let close = Box::new(move |py: Python<'_>| {
+                let mut exchange = exchange;
+                if !delivered {
+                    let path = ctx.template.path_for_log(exchange.head.target());
+                    ctx.loggers.log(
+                        py,
+                        LogLevel::Info,
+                        &format!("Client disconnected while serving {path}"),
+                    );
+                }
+                ctx.close(py, &mut exchange);
+            });
+            pool.submit(Job::Call(close));
+        }));
     }
 
     /// Something raised (or the client left): log it, answer 500 if the head is still

@@ -3,6 +3,7 @@
 //! headers (validated and serialized once), the framing decided when the head goes out,
 //! Content-Length accounting, and sending through the `Responder` with the GIL released.
 
+use std::fs::File;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -18,7 +19,7 @@ use crate::http::response::{
     CHUNK_END, LAST_CHUNK,
 };
 use crate::server::responder::{Delivery, Part};
-use crate::server::{ClientGone, ConnInfo, LogLevel, Responder};
+use crate::server::{ClientGone, ConnInfo, FileSegment, LogLevel, Responder};
 
 pyo3::create_exception!(
     _tapster,
@@ -332,6 +333,49 @@ impl ResponseState {
                     out.body(piece, data.len());
                 }
             }
+        }
+        Ok(())
+    }
+
+    /// Sends `len` bytes of `file` from `offset` with `sendfile(2)`, by the connection
+    /// task (the head first, if it has not gone out yet). The length is capped at what
+    /// the framing still allows.
+    pub fn send_file(
+        &mut self,
+        py: Python<'_>,
+        file: File,
+        offset: u64,
+        len: u64,
+    ) -> Result<(), SendError> {
+        if self.framing.is_none() {
+            self.send(py, &[])?;
+        }
+        let len = match self.framing.map(|f| f.body) {
+            Some(BodyMode::Length(n)) => len.min(n.saturating_sub(self.sent)),
+            Some(BodyMode::Chunked | BodyMode::UntilClose) => len,
+            Some(BodyMode::Suppressed) | None => 0,
+        };
+        if len == 0 {
+            return Ok(());
+        }
+        if self.framing.map(|f| f.body) == Some(BodyMode::Chunked) {
+            let (prefix, n) = chunk_header(usize::try_from(len).unwrap_or(usize::MAX));
+            let responder = &self.responder;
+            py.detach(|| responder.send(&[Part::Borrowed(&prefix[..n])], Delivery::Queued))
+                .map_err(|ClientGone| SendError::Gone)?;
+        }
+        self.sent += len;
+        self.responder
+            .send_file(FileSegment {
+                file: Arc::new(file),
+                offset,
+                len,
+            })
+            .map_err(|ClientGone| SendError::Gone)?;
+        if self.framing.map(|f| f.body) == Some(BodyMode::Chunked) {
+            let responder = &self.responder;
+            py.detach(|| responder.send(&[Part::Borrowed(CHUNK_END)], Delivery::Queued))
+                .map_err(|ClientGone| SendError::Gone)?;
         }
         Ok(())
     }
