@@ -43,6 +43,10 @@ ENGINE_OPTIONS = (
     "server_name",
     "expose_tracebacks",
     "clear_untrusted_proxy_headers",
+    "log_untrusted_proxy_headers",
+    "trusted_proxy",
+    "trusted_proxy_count",
+    "trusted_proxy_headers",
 )
 
 
@@ -129,6 +133,7 @@ class BaseWSGIServer:
         self.adj = adj
         self.listeners = listeners
         options = {name: getattr(adj, name) for name in ENGINE_OPTIONS}
+        options["trusted_proxy_headers"] = sorted(adj.trusted_proxy_headers)
         self._engine = _tapster.Server(
             application,
             options,

@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyModule, PyString, PyTuple};
 
+use super::proxy::{self, ForwardingValues, Malformed, Overrides, ProxyConfig};
 use super::WsgiConfig;
 use crate::http::request::has_http_scheme;
 use crate::http::{BodyFraming, RequestHead, Version};
@@ -115,16 +116,6 @@ const COMMON_FIELDS: &[&str] = &[
 /// Most header keys remembered after start-up (names outside `COMMON_FIELDS`).
 const MAX_LEARNED_FIELDS: usize = 512;
 
-/// Proxy headers removed from the environ when they come from an untrusted peer.
-const PROXY_FIELDS: &[&[u8]] = &[
-    b"X_FORWARDED_FOR",
-    b"X_FORWARDED_HOST",
-    b"X_FORWARDED_PROTO",
-    b"X_FORWARDED_PORT",
-    b"X_FORWARDED_BY",
-    b"FORWARDED",
-];
-
 const METHODS: &[&str] = &["GET", "POST", "HEAD", "PUT", "DELETE", "PATCH", "OPTIONS"];
 
 /// Everything about the environ that is the same for every request of a server.
@@ -144,7 +135,23 @@ pub struct EnvironTemplate {
     /// `HTTP_*` key bytes (after the prefix) to interned key objects.
     fields: Mutex<HashMap<Vec<u8>, Py<PyString>>>,
     url_prefix: Vec<u8>,
-    clear_proxy_headers: bool,
+    proxy: ProxyConfig,
+    /// The default scheme (trusted proxies may override it per request).
+    url_scheme: String,
+    server_name_key: Py<PyString>,
+    http_host_key: Py<PyString>,
+}
+
+/// What the environ builder decided about a request's forwarding headers.
+pub enum ProxyDecision {
+    /// Build the environ with these headers removed (bits of `proxy::HEADERS`) and,
+    /// for a trusted peer, these overrides.
+    Build {
+        drop: u8,
+        overrides: Option<Overrides>,
+    },
+    /// A trusted proxy sent a header that cannot be used: answer 400.
+    Reject(Malformed),
 }
 
 /// Python objects made once per connection.
@@ -235,7 +242,10 @@ impl EnvironTemplate {
             content_type: PyString::intern(py, "CONTENT_TYPE").unbind(),
             fields: Mutex::new(fields),
             url_prefix: config.url_prefix.as_bytes().to_vec(),
-            clear_proxy_headers: config.clear_untrusted_proxy_headers,
+            proxy: config.proxy.clone(),
+            url_scheme: config.url_scheme.clone(),
+            server_name_key: PyString::intern(py, "SERVER_NAME").unbind(),
+            http_host_key: PyString::intern(py, "HTTP_HOST").unbind(),
         })
     }
 
@@ -320,7 +330,81 @@ impl EnvironTemplate {
         String::from_utf8_lossy(path).into_owned()
     }
 
-    /// Builds the environ; `input` is `wsgi.input`.
+    /// Decides what to do with the request's forwarding headers (Waitress's proxy
+    /// middleware): which to drop, and what a trusted peer's headers change. Also
+    /// returns log lines (unknown Forwarded tokens, removed untrusted headers).
+    pub fn proxy_decision(
+        &self,
+        head: &RequestHead,
+        conn: &ConnInfo,
+    ) -> (ProxyDecision, Vec<String>) {
+        let config = &self.proxy;
+        let mut logs = Vec::new();
+        let mut values = ForwardingValues::default();
+        for (name, value) in head.fields() {
+            let Some(bit) = proxy_header_bit(name) else {
+                continue;
+            };
+            let text: String = value.iter().map(|&b| b as char).collect();
+            let joined = match values.values[bit_index(bit)].take() {
+                Some(earlier) => format!("{earlier}, {text}"),
+                None => text,
+            };
+            values.set(bit, joined);
+        }
+        let present = values.present();
+        if present == 0 && config.trusted.is_nobody() {
+            return (
+                ProxyDecision::Build {
+                    drop: 0,
+                    overrides: None,
+                },
+                logs,
+            );
+        }
+        let peer = peer_text(&conn.peer);
+        let mut overrides = None;
+        let mut untrusted = proxy::ALL_HEADERS;
+        if config.trusted.trusts(&peer) {
+            match proxy::evaluate(config, &values, &self.url_scheme) {
+                Ok(o) => {
+                    untrusted = o.untrusted;
+                    for token in &o.unknown_tokens {
+                        logs.push(format!("Unknown Forwarded token: {token}"));
+                    }
+                    overrides = Some(o);
+                }
+                Err(bad) => {
+                    logs.push(format!(
+                        "Malformed proxy header \"{}\" from \"{peer}\": {} value: {}",
+                        bad.header, bad.reason, bad.value
+                    ));
+                    return (ProxyDecision::Reject(bad), logs);
+                }
+            }
+        }
+        let drop = if config.clear_untrusted {
+            untrusted & present
+        } else {
+            0
+        };
+        if config.log_untrusted && drop != 0 {
+            let names: Vec<&str> = proxy::HEADERS
+                .iter()
+                .filter(|(bit, _, _)| drop & bit != 0)
+                .map(|(_, _, name)| *name)
+                .collect();
+            logs.push(format!(
+                "Removed untrusted headers ({}). Tapster recommends these be removed upstream.",
+                names.join(", ")
+            ));
+        }
+        (ProxyDecision::Build { drop, overrides }, logs)
+    }
+
+    /// Builds the environ; `input` is `wsgi.input`; `drop` and `overrides` come from
+    /// `proxy_decision`.
+    #[allow(clippy::too_many_arguments)]
     pub fn build<'py>(
         &self,
         py: Python<'py>,
@@ -328,6 +412,8 @@ impl EnvironTemplate {
         body_len: u64,
         conn: &Arc<ConnInfo>,
         input: Bound<'py, PyAny>,
+        drop: u8,
+        overrides: Option<&Overrides>,
     ) -> PyResult<Bound<'py, PyDict>> {
         let k = &self.keys;
         let env = self.base.bind(py).copy()?;
@@ -356,7 +442,22 @@ impl EnvironTemplate {
         env.set_item(&k.wsgi_errors, self.sys.bind(py).getattr("stderr")?)?;
         env.set_item(&k.waitress_disconnected, conn.disconnected.bind(py))?;
         env.set_item(&k.tapster_disconnected, conn.disconnected.bind(py))?;
-        self.add_fields(py, &env, head, body_len)?;
+        self.add_fields(py, &env, head, body_len, drop, overrides)?;
+        if let Some(o) = overrides {
+            let set = |key: &Py<PyString>, value: &Option<String>| -> PyResult<()> {
+                match value {
+                    Some(v) => env.set_item(key.bind(py), PyString::new(py, v)),
+                    None => Ok(()),
+                }
+            };
+            set(&k.wsgi_url_scheme, &o.url_scheme)?;
+            set(&self.server_name_key, &o.server_name)?;
+            set(&k.server_port, &o.server_port)?;
+            set(&self.http_host_key, &o.http_host)?;
+            set(&k.remote_addr, &o.remote_addr)?;
+            set(&k.remote_host, &o.remote_addr)?;
+            set(&k.remote_port, &o.remote_port)?;
+        }
         Ok(env)
     }
 
@@ -367,6 +468,8 @@ impl EnvironTemplate {
         env: &Bound<'_, PyDict>,
         head: &RequestHead,
         body_len: u64,
+        drop: u8,
+        overrides: Option<&Overrides>,
     ) -> PyResult<()> {
         let mut stack = [0u8; FIELD_NAME_STACK];
         for (index, (name, value)) in head.fields().enumerate() {
@@ -389,11 +492,16 @@ impl EnvironTemplate {
                 };
             }
             let upper: &[u8] = upper;
-            if upper == b"TRANSFER_ENCODING"
-                || (self.clear_proxy_headers && PROXY_FIELDS.contains(&upper))
-            {
+            if upper == b"TRANSFER_ENCODING" {
                 continue;
             }
+            let proxy_bit = proxy::header_bit(upper);
+            if proxy_bit.is_some_and(|bit| drop & bit != 0) {
+                continue;
+            }
+            let rewritten = proxy_bit.and_then(|bit| {
+                overrides.and_then(|o| o.rewritten.iter().find(|(b, _)| *b == bit).map(|(_, v)| v))
+            });
             // Repeated fields are joined with ", " in arrival order, under the first.
             let earlier = head.fields().take(index).any(|(n, _)| same_key(n, name));
             if earlier {
@@ -403,7 +511,9 @@ impl EnvironTemplate {
                 .fields()
                 .skip(index + 1)
                 .any(|(n, _)| same_key(n, name));
-            let value = if later {
+            let value = if let Some(text) = rewritten {
+                PyString::new(py, text)
+            } else if later {
                 let mut joined = value.to_vec();
                 for (n, v) in head.fields().skip(index + 1) {
                     if same_key(n, name) {
@@ -429,6 +539,39 @@ impl EnvironTemplate {
             env.set_item(&self.keys.content_length, body_len.to_string())?;
         }
         Ok(())
+    }
+}
+
+/// The forwarding-header bit of a field name, matched case-insensitively.
+fn proxy_header_bit(name: &[u8]) -> Option<u8> {
+    proxy::HEADERS.iter().find_map(|(bit, key, _)| {
+        let matches = name.len() == key.len()
+            && name.iter().zip(key.bytes()).all(|(&n, k)| {
+                (if n == b'-' {
+                    b'_'
+                } else {
+                    n.to_ascii_uppercase()
+                }) == k
+            });
+        matches.then_some(*bit)
+    })
+}
+
+fn bit_index(bit: u8) -> usize {
+    bit.trailing_zeros() as usize
+}
+
+/// REMOTE_ADDR as text: the peer's IP address, or `localhost` on a Unix socket.
+fn peer_text(peer: &Peer) -> String {
+    match peer {
+        Peer::Tcp(addr) => match addr.ip() {
+            IpAddr::V6(v6) => v6
+                .to_ipv4_mapped()
+                .map_or(IpAddr::V6(v6), IpAddr::V4)
+                .to_string(),
+            v4 => v4.to_string(),
+        },
+        Peer::Unix => "localhost".to_owned(),
     }
 }
 

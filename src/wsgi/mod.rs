@@ -10,6 +10,7 @@ pub mod file_wrapper;
 pub mod input;
 pub mod log;
 pub mod pool;
+pub mod proxy;
 pub mod py_server;
 pub mod response;
 pub mod start_response;
@@ -25,8 +26,9 @@ pub struct WsgiConfig {
     pub server_name: String,
     /// Put the traceback in the body of a 500 page.
     pub expose_tracebacks: bool,
-    /// Remove X-Forwarded-* and Forwarded headers that come from untrusted peers.
-    pub clear_untrusted_proxy_headers: bool,
+    /// Trusted proxies and what to believe from them; also whether to remove and log
+    /// forwarding headers that are not trusted.
+    pub proxy: proxy::ProxyConfig,
 }
 
 impl Default for WsgiConfig {
@@ -36,7 +38,11 @@ impl Default for WsgiConfig {
             url_prefix: String::new(),
             server_name: "waitress.invalid".into(),
             expose_tracebacks: false,
-            clear_untrusted_proxy_headers: true,
+            proxy: proxy::ProxyConfig {
+                count: 1,
+                clear_untrusted: true,
+                ..proxy::ProxyConfig::default()
+            },
         }
     }
 }

@@ -16,6 +16,7 @@ use super::environ::EnvironTemplate;
 use super::file_wrapper::{FileWrapper, ZeroCopyTypes};
 use super::log::{Control, Loggers};
 use super::pool::{Pool, PoolShared};
+use super::proxy::{self, ProxyConfig, TrustedPeers};
 use super::response::AppContext;
 use super::start_response::ResponseSettings;
 use super::WsgiConfig;
@@ -82,6 +83,10 @@ const KNOWN_OPTIONS: &[&str] = &[
     "server_name",
     "expose_tracebacks",
     "clear_untrusted_proxy_headers",
+    "log_untrusted_proxy_headers",
+    "trusted_proxy",
+    "trusted_proxy_count",
+    "trusted_proxy_headers",
 ];
 
 fn parse_options(options: &Bound<'_, PyDict>) -> PyResult<(Config, WsgiConfig)> {
@@ -152,13 +157,39 @@ fn parse_options(options: &Bound<'_, PyDict>) -> PyResult<(Config, WsgiConfig)> 
         url_prefix: opt(options, "url_prefix", w.url_prefix)?,
         server_name: opt(options, "server_name", w.server_name)?,
         expose_tracebacks: opt(options, "expose_tracebacks", w.expose_tracebacks)?,
-        clear_untrusted_proxy_headers: opt(
-            options,
-            "clear_untrusted_proxy_headers",
-            w.clear_untrusted_proxy_headers,
-        )?,
+        proxy: parse_proxy_options(options)?,
     };
     Ok((config, wsgi))
+}
+
+fn parse_proxy_options(options: &Bound<'_, PyDict>) -> PyResult<ProxyConfig> {
+    let trusted: Option<String> = opt(options, "trusted_proxy", None)?;
+    let trusted = TrustedPeers::parse(trusted.as_deref()).map_err(PyValueError::new_err)?;
+    let names: Vec<String> = opt(options, "trusted_proxy_headers", Vec::new())?;
+    let mut headers = 0;
+    for name in &names {
+        let bit = proxy::HEADERS
+            .iter()
+            .find(|(_, _, display)| display.eq_ignore_ascii_case(name))
+            .map(|(bit, _, _)| *bit)
+            .ok_or_else(|| {
+                PyValueError::new_err(format!("unknown trusted proxy header {name:?}"))
+            })?;
+        headers |= bit;
+    }
+    let count: usize = opt(options, "trusted_proxy_count", 1)?;
+    if count == 0 {
+        return Err(PyValueError::new_err(
+            "trusted_proxy_count must be at least 1",
+        ));
+    }
+    Ok(ProxyConfig {
+        trusted,
+        count,
+        headers,
+        clear_untrusted: opt(options, "clear_untrusted_proxy_headers", true)?,
+        log_untrusted: opt(options, "log_untrusted_proxy_headers", false)?,
+    })
 }
 
 fn listener_from(fd: i32, kind: &str, server_port: String) -> PyResult<ListenerSpec> {
