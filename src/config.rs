@@ -29,6 +29,9 @@ pub struct Config {
     pub channel_timeout: Duration,
     /// A request head must arrive completely within this time of its first byte.
     pub header_timeout: Duration,
+    /// After `header_timeout`, a request body must keep arriving at this many bytes a
+    /// second on average (0: no minimum).
+    pub min_body_rate: u64,
     pub max_request_header_size: usize,
     pub max_request_line_size: usize,
     pub max_request_headers: usize,
@@ -52,6 +55,7 @@ impl Default for Config {
             outbuf_high_watermark: 16_777_216,
             channel_timeout: Duration::from_secs(120),
             header_timeout: Duration::from_secs(30),
+            min_body_rate: 1024,
             max_request_header_size: 262_144,
             max_request_line_size: 65_536,
             max_request_headers: 100,

@@ -138,6 +138,7 @@ PARAMS: tuple[tuple[str, Callable[[Any], Any]], ...] = (
     # Tapster's own options.
     ("io_threads", int),
     ("header_timeout", aspositive_float),
+    ("min_body_rate", int),
     ("max_request_line_size", int),
     ("max_request_headers", int),
     ("shutdown_timeout", aspositive_float),
@@ -195,6 +196,8 @@ HELP: dict[str, str] = {
     "server_name": "SERVER_NAME for every request.",
     "io_threads": "Tapster: threads doing socket I/O and HTTP parsing.",
     "header_timeout": "Tapster: seconds a client has to send a complete request head.",
+    "min_body_rate": "Tapster: bytes per second a request body must average once "
+    "header_timeout has passed (0: no minimum; 408 when slower).",
     "max_request_line_size": "Tapster: longest request line in bytes (414 beyond).",
     "max_request_headers": "Tapster: most header fields in a request (431 beyond).",
     "shutdown_timeout": "Tapster: seconds a graceful shutdown waits for requests in "
@@ -242,6 +245,7 @@ class Adjustments:
     server_name = "tapster.invalid"
     io_threads = 1
     header_timeout = 30.0
+    min_body_rate = 1024
     max_request_line_size = 65536
     max_request_headers = 100
     shutdown_timeout = 5.0

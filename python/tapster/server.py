@@ -31,6 +31,7 @@ ENGINE_OPTIONS = (
     "outbuf_high_watermark",
     "channel_timeout",
     "header_timeout",
+    "min_body_rate",
     "max_request_header_size",
     "max_request_line_size",
     "max_request_headers",

@@ -55,6 +55,9 @@ impl ErrorKind {
 pub struct HttpError {
     pub kind: ErrorKind,
     pub detail: String,
+    /// The request's HTTP version, when it was read before the error (the error page
+    /// then answers in it; otherwise in HTTP/1.0, as Waitress does).
+    pub version: Option<super::Version>,
 }
 
 impl HttpError {
@@ -62,7 +65,14 @@ impl HttpError {
         HttpError {
             kind,
             detail: detail.into(),
+            version: None,
         }
+    }
+
+    /// The same error, answered in the request's version.
+    pub fn in_version(mut self, version: super::Version) -> Self {
+        self.version.get_or_insert(version);
+        self
     }
 
     pub fn bad_request(detail: impl Into<String>) -> Self {

@@ -246,14 +246,14 @@ fn parse_head(raw: Box<[u8]>, limits: &HeadLimits) -> Result<RequestHead, HttpEr
     };
     let parsed = match httparse::parse_headers(field_block, storage) {
         Ok(httparse::Status::Complete((_, parsed))) => parsed,
-        Ok(httparse::Status::Partial) => return Err(HttpError::bad_request("Invalid header")),
+        Ok(httparse::Status::Partial) => return Err(invalid_fields(field_block)),
         Err(httparse::Error::TooManyHeaders) => {
             return Err(HttpError::new(
                 ErrorKind::HeadersTooLarge,
                 format!("more than {} header fields", limits.max_headers),
             ))
         }
-        Err(_) => return Err(HttpError::bad_request("Invalid header")),
+        Err(_) => return Err(invalid_fields(field_block)),
     };
 
     let base = raw.as_ptr() as usize;
@@ -262,7 +262,9 @@ fn parse_head(raw: Box<[u8]>, limits: &HeadLimits) -> Result<RequestHead, HttpEr
     for field in parsed.iter() {
         let name = field.name.as_bytes();
         let value = field.value;
-        semantics.observe(name, value)?;
+        semantics
+            .observe(name, value)
+            .map_err(|e| e.in_version(line.version))?;
         fields.push(FieldSpan {
             name_start: (name.as_ptr() as usize - base) as u32,
             name_len: name.len() as u32,
@@ -271,7 +273,9 @@ fn parse_head(raw: Box<[u8]>, limits: &HeadLimits) -> Result<RequestHead, HttpEr
         });
     }
 
-    let framing = semantics.framing(line.version, limits)?;
+    let framing = semantics
+        .framing(line.version, limits)
+        .map_err(|e| e.in_version(line.version))?;
     let keep_alive = match line.version {
         Version::Http11 => !semantics.connection_close,
         Version::Http10 => semantics.connection_keep_alive && !semantics.connection_close,
@@ -301,12 +305,45 @@ fn check_line_endings(head: &[u8], start: usize, partial: bool) -> Result<(), Ht
             _ => pos > 0 && head[pos - 1] == b'\r',
         };
         if !ok {
-            return Err(HttpError::bad_request(
-                "Bare CR or LF found in request head",
-            ));
+            return Err(bare_line_ending(head, pos));
         }
     }
     Ok(())
+}
+
+/// Waitress's wording: the request line is "the HTTP message"; a header line is quoted.
+fn bare_line_ending(head: &[u8], pos: usize) -> HttpError {
+    let start = memchr::memmem::rfind(&head[..pos], b"\r\n").map(|p| p + 2);
+    let Some(start) = start else {
+        return HttpError::bad_request("Bare CR or LF found in HTTP message");
+    };
+    let end = memchr::memmem::find(&head[pos..], b"\r\n").map_or(head.len(), |p| pos + p);
+    HttpError::bad_request(format!(
+        "Bare CR or LF found in header line \"{}\"",
+        latin1_text(&head[start..end])
+    ))
+}
+
+/// Bytes shown as latin-1 text in an error page.
+fn latin1_text(bytes: &[u8]) -> String {
+    bytes.iter().map(|&b| b as char).collect()
+}
+
+/// Why httparse refused the header fields, in words: a folded line (obs-fold; as the
+/// first line, Waitress's "Malformed header line"), or some other invalid field.
+fn invalid_fields(block: &[u8]) -> HttpError {
+    for (index, line) in block.split(|&b| b == b'\n').enumerate() {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if line.starts_with(b" ") || line.starts_with(b"\t") {
+            let text = latin1_text(line);
+            return HttpError::bad_request(if index == 0 {
+                format!("Malformed header line \"{text}\"")
+            } else {
+                format!("Obsolete line folding is not accepted: \"{text}\"")
+            });
+        }
+    }
+    HttpError::bad_request("Invalid header")
 }
 
 struct RequestLine {
@@ -340,7 +377,7 @@ fn parse_request_line(line: &[u8]) -> Result<RequestLine, HttpError> {
         )));
     }
     let version = parse_version(version)?;
-    check_target(method, target)?;
+    check_target(method, target).map_err(|e| e.in_version(version))?;
     Ok(RequestLine {
         method: 0..sp1,
         target: sp1 + 1..sp2,
@@ -361,7 +398,8 @@ fn parse_version(v: &[u8]) -> Result<Version, HttpError> {
                         "HTTP/{}.{} is not supported on this port",
                         *major as char, *minor as char
                     ),
-                )),
+                )
+                .in_version(Version::Http11)),
             }
         }
         _ => Err(HttpError::bad_request("Start line is invalid")),
@@ -390,7 +428,8 @@ fn check_target(method: &[u8], target: &[u8]) -> Result<(), HttpError> {
     }
 }
 
-/// `http://` or `https://`, scheme case-insensitive, followed by a non-empty authority.
+/// `http://` or `https://`, scheme case-insensitive, followed by a non-empty authority
+/// made of Host characters (no userinfo: RFC 9110 section 4.2.4 calls it an error).
 pub(crate) fn has_http_scheme(target: &[u8]) -> bool {
     let rest = if target.len() > 7 && target[..7].eq_ignore_ascii_case(b"http://") {
         &target[7..]
@@ -399,7 +438,11 @@ pub(crate) fn has_http_scheme(target: &[u8]) -> bool {
     } else {
         return false;
     };
-    !rest.is_empty() && rest[0] != b'/'
+    let end = rest
+        .iter()
+        .position(|&b| matches!(b, b'/' | b'?' | b'#'))
+        .unwrap_or(rest.len());
+    end > 0 && rest[..end].iter().all(|&b| is_host_char(b))
 }
 
 fn is_authority_form(target: &[u8]) -> bool {
@@ -412,6 +455,33 @@ fn is_authority_form(target: &[u8]) -> bool {
         }
         None => false,
     }
+}
+
+/// A byte allowed in a Host value: RFC 3986 `host [ ":" port ]` (reg-name, IPv4, or a
+/// bracketed IPv6 literal), so unreserved, sub-delims, `%`, `:`, `[` and `]`.
+fn is_host_char(b: u8) -> bool {
+    b.is_ascii_alphanumeric()
+        || matches!(
+            b,
+            b'-' | b'.'
+                | b'_'
+                | b'~'
+                | b'%'
+                | b':'
+                | b'['
+                | b']'
+                | b'!'
+                | b'$'
+                | b'&'
+                | b'\''
+                | b'('
+                | b')'
+                | b'*'
+                | b'+'
+                | b','
+                | b';'
+                | b'='
+        )
 }
 
 /// RFC 9110 `tchar`: the characters allowed in a token (methods, field names, codings).
@@ -455,6 +525,9 @@ impl FieldSemantics {
                 return Err(duplicate("Host"));
             }
             self.host_seen = true;
+            if !value.iter().all(|&b| is_host_char(b)) {
+                return Err(HttpError::bad_request("Invalid Host header"));
+            }
         } else if name.eq_ignore_ascii_case(b"content-type") {
             if self.content_type_seen {
                 return Err(duplicate("Content-Type"));
@@ -674,6 +747,11 @@ mod tests {
         assert_eq!(status(b"GET * HTTP/1.1\r\n\r\n"), 400);
         ok(b"GET http://example.com/x HTTP/1.1\r\n\r\n");
         ok(b"GET HTTPS://example.com HTTP/1.1\r\n\r\n");
+        assert_eq!(
+            status(b"GET http://user:pw@example.com/ HTTP/1.1\r\n\r\n"),
+            400
+        );
+        assert_eq!(status(b"GET http:///x HTTP/1.1\r\n\r\n"), 400);
         assert_eq!(status(b"GET ftp://example.com/ HTTP/1.1\r\n\r\n"), 400);
         assert_eq!(status(b"GET example.com:80 HTTP/1.1\r\n\r\n"), 400);
         ok(b"CONNECT example.com:443 HTTP/1.1\r\n\r\n");
@@ -742,6 +820,18 @@ mod tests {
             status(b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n"),
             400
         );
+    }
+
+    #[test]
+    fn host_values() {
+        ok(b"GET / HTTP/1.1\r\nHost: example.com:8080\r\n\r\n");
+        ok(b"GET / HTTP/1.1\r\nHost: [::1]:80\r\n\r\n");
+        ok(b"GET / HTTP/1.1\r\nHost:\r\n\r\n");
+        ok(b"GET / HTTP/1.1\r\n\r\n");
+        assert_eq!(status(b"GET / HTTP/1.1\r\nHost: a b\r\n\r\n"), 400);
+        assert_eq!(status(b"GET / HTTP/1.1\r\nHost: a/b\r\n\r\n"), 400);
+        assert_eq!(status(b"GET / HTTP/1.1\r\nHost: u@a\r\n\r\n"), 400);
+        assert_eq!(status(b"GET / HTTP/1.1\r\nHost: \xe9\r\n\r\n"), 400);
     }
 
     #[test]

@@ -50,6 +50,9 @@ pub struct Framing {
     pub body: BodyMode,
     /// The `Content-Length` header to send, if any (also sent for HEAD when known).
     pub content_length_header: Option<u64>,
+    /// A HEAD response announces `Transfer-Encoding: chunked` (as the GET would be
+    /// framed) without sending a body.
+    pub announce_chunked: bool,
     pub keep_alive: bool,
 }
 
@@ -72,33 +75,33 @@ impl Framing {
             return Framing {
                 body: BodyMode::Suppressed,
                 content_length_header: None,
+                announce_chunked: false,
                 // An interim status as a final answer leaves the client confused: close.
                 keep_alive: keep && input.status >= 200,
             };
         }
         if input.head_request {
+            // The same head as the GET would get (RFC 9110 section 9.3.2), no body.
+            let get = Framing::decide(FramingInput {
+                head_request: false,
+                ..input
+            });
             return Framing {
                 body: BodyMode::Suppressed,
-                content_length_header: input.content_length,
-                keep_alive: keep,
+                announce_chunked: get.body == BodyMode::Chunked,
+                ..get
             };
         }
-        match (input.content_length, input.version) {
-            (Some(n), _) => Framing {
-                body: BodyMode::Length(n),
-                content_length_header: Some(n),
-                keep_alive: keep,
-            },
-            (None, Version::Http11) => Framing {
-                body: BodyMode::Chunked,
-                content_length_header: None,
-                keep_alive: keep,
-            },
-            (None, Version::Http10) => Framing {
-                body: BodyMode::UntilClose,
-                content_length_header: None,
-                keep_alive: false,
-            },
+        let (body, keep_alive) = match (input.content_length, input.version) {
+            (Some(n), _) => (BodyMode::Length(n), keep),
+            (None, Version::Http11) => (BodyMode::Chunked, keep),
+            (None, Version::Http10) => (BodyMode::UntilClose, false),
+        };
+        Framing {
+            body,
+            content_length_header: input.content_length,
+            announce_chunked: false,
+            keep_alive,
         }
     }
 }
@@ -136,7 +139,7 @@ pub fn write_head(
         push_decimal(out, n);
         out.extend_from_slice(b"\r\n");
     }
-    if framing.body == BodyMode::Chunked {
+    if framing.body == BodyMode::Chunked || framing.announce_chunked {
         out.extend_from_slice(b"Transfer-Encoding: chunked\r\n");
     }
     if !framing.keep_alive {
@@ -239,7 +242,7 @@ pub fn protocol_error_page(
     ident: Option<&str>,
 ) -> Vec<u8> {
     error_page(
-        version.unwrap_or(Version::Http10),
+        err.version.or(version).unwrap_or(Version::Http10),
         err.kind.status(),
         err.kind.reason(),
         &err.detail,

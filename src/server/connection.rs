@@ -234,21 +234,45 @@ impl Session {
                 return Err(BodyFailure::Closed);
             }
         }
+        let started = Instant::now();
         while !decoder.is_done() {
-            if self.rbuf.is_empty() && self.read_direct(&mut decoder, &mut spool).await? {
+            let deadline = self.body_deadline(started, spool.len());
+            if self.rbuf.is_empty() && self.read_direct(&mut decoder, &mut spool, deadline).await? {
                 continue;
             }
-            match self.read_more(BODY_READ, false, None).await {
+            match self.read_more(BODY_READ, false, deadline).await {
                 Ok(_) => self.decode_buffered(&mut decoder, &mut spool)?,
-                Err(ReadStop::Failed(err)) => {
-                    self.socket_error("reading a request body", &err);
-                    return Err(BodyFailure::Closed);
-                }
-                // A body cut short cannot be answered meaningfully.
-                Err(_) => return Err(BodyFailure::Closed),
+                Err(stop) => return Err(self.body_read_failed(stop)),
             }
         }
         spool.finish().map_err(BodyFailure::Storage)
+    }
+
+    /// When the body must have grown past `received` bytes: after a grace period of
+    /// `header_timeout`, it must keep arriving at `min_body_rate` bytes a second on
+    /// average, so a client cannot hold a request open by dribbling its body.
+    fn body_deadline(&self, started: Instant, received: u64) -> Option<Instant> {
+        let config = &self.shared.config;
+        if config.min_body_rate == 0 {
+            return None;
+        }
+        let earned = Duration::from_secs_f64(received as f64 / config.min_body_rate as f64);
+        Some(started + config.header_timeout.max(earned))
+    }
+
+    fn body_read_failed(&self, stop: ReadStop) -> BodyFailure {
+        match stop {
+            ReadStop::Failed(err) => {
+                self.socket_error("reading a request body", &err);
+                BodyFailure::Closed
+            }
+            ReadStop::TimedOut => BodyFailure::Protocol(HttpError::new(
+                ErrorKind::RequestTimeout,
+                "The request body was not received fast enough",
+            )),
+            // A body cut short cannot be answered meaningfully.
+            ReadStop::Eof | ReadStop::Shutdown => BodyFailure::Closed,
+        }
     }
 
     /// For a Content-Length body kept in memory, receives the next bytes straight into
@@ -258,6 +282,7 @@ impl Session {
         &mut self,
         decoder: &mut BodyDecoder,
         spool: &mut BodySpool,
+        deadline: Option<Instant>,
     ) -> Result<bool, BodyFailure> {
         let Some(remaining) = decoder.remaining_hint() else {
             return Ok(false);
@@ -268,18 +293,13 @@ impl Session {
         let Some(target) = spool.memory_for(want) else {
             return Ok(false);
         };
-        match self.read_into(target, want, false, None).await {
+        match self.read_into(target, want, false, deadline).await {
             Ok(n) => {
                 spool.received_in_memory(n);
                 decoder.skip_length(n);
                 Ok(true)
             }
-            Err(ReadStop::Failed(err)) => {
-                self.socket_error("reading a request body", &err);
-                Err(BodyFailure::Closed)
-            }
-            // A body cut short cannot be answered meaningfully.
-            Err(_) => Err(BodyFailure::Closed),
+            Err(stop) => Err(self.body_read_failed(stop)),
         }
     }
 

@@ -443,6 +443,10 @@ impl EnvironTemplate {
         env.set_item(&k.waitress_disconnected, conn.disconnected.bind(py))?;
         env.set_item(&k.tapster_disconnected, conn.disconnected.bind(py))?;
         self.add_fields(py, &env, head, body_len, drop, overrides)?;
+        if let Some(authority) = absolute_form_authority(target) {
+            // RFC 9112 section 3.2.2: the target's host wins over the Host header.
+            env.set_item(self.http_host_key.bind(py), latin1(py, authority)?)?;
+        }
         if let Some(o) = overrides {
             let set = |key: &Py<PyString>, value: &Option<String>| -> PyResult<()> {
                 match value {
@@ -604,6 +608,20 @@ pub fn split_target(target: &[u8]) -> (&[u8], &[u8]) {
     (path, query)
 }
 
+/// The authority (`host[:port]`) of an absolute-form target, `None` for other forms.
+pub fn absolute_form_authority(target: &[u8]) -> Option<&[u8]> {
+    if target.starts_with(b"/") || !has_http_scheme(target) {
+        return None;
+    }
+    let after_scheme = memchr::memmem::find(target, b"://")? + 3;
+    let rest = &target[after_scheme..];
+    let end = rest
+        .iter()
+        .position(|&b| matches!(b, b'/' | b'?' | b'#'))
+        .unwrap_or(rest.len());
+    Some(&rest[..end])
+}
+
 /// `%XX` sequences become bytes; anything else (including a bad `%`) is kept as is.
 pub fn percent_decode(path: &[u8]) -> Cow<'_, [u8]> {
     if !path.contains(&b'%') {
@@ -663,6 +681,24 @@ mod tests {
         assert_eq!(split_target(b"http://h"), (&b""[..], &b""[..]));
         assert_eq!(split_target(b"*"), (&b"*"[..], &b""[..]));
         assert_eq!(split_target(b"//x/y?z"), (&b"//x/y"[..], &b"z"[..]));
+    }
+
+    #[test]
+    fn authorities() {
+        assert_eq!(
+            absolute_form_authority(b"http://h:99/p?q"),
+            Some(&b"h:99"[..])
+        );
+        assert_eq!(
+            absolute_form_authority(b"https://example.com"),
+            Some(&b"example.com"[..])
+        );
+        assert_eq!(
+            absolute_form_authority(b"http://e.com?x"),
+            Some(&b"e.com"[..])
+        );
+        assert_eq!(absolute_form_authority(b"/p"), None);
+        assert_eq!(absolute_form_authority(b"*"), None);
     }
 
     #[test]

@@ -150,7 +150,9 @@ impl ZeroCopyTypes {
         } else {
             file.clone()
         };
-        if !raw.get_type().is(self.file_io.bind(py)) {
+        if !raw.get_type().is(self.file_io.bind(py))
+            || !raw.call_method0("readable")?.is_truthy()?
+        {
             return Ok(None);
         }
         if buffered && kind.is(self.buffered_random.bind(py)) {

@@ -71,6 +71,7 @@ const KNOWN_OPTIONS: &[&str] = &[
     "outbuf_high_watermark",
     "channel_timeout",
     "header_timeout",
+    "min_body_rate",
     "max_request_header_size",
     "max_request_line_size",
     "max_request_headers",
@@ -113,6 +114,7 @@ fn parse_options(options: &Bound<'_, PyDict>) -> PyResult<(Config, WsgiConfig)> 
             opt(options, "header_timeout", d.header_timeout.as_secs_f64())?,
             "header_timeout",
         )?,
+        min_body_rate: opt(options, "min_body_rate", d.min_body_rate)?,
         max_request_header_size: opt(
             options,
             "max_request_header_size",
