@@ -23,6 +23,7 @@ fn _tapster(m: &Bound<'_, PyModule>) -> PyResult<()> {
     )?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add_function(pyo3::wrap_pyfunction!(stats, m)?)?;
+    m.add("ENGINE_OPTIONS", wsgi::py_server::KNOWN_OPTIONS.to_vec())?;
     Ok(())
 }
 

@@ -350,7 +350,9 @@ class Adjustments:
             except (OSError, UnicodeError, ValueError, TypeError):
                 raise ValueError("Invalid host/port specified.") from None
             for fam, socktype, proto, _canon, sockaddr in infos:
-                key = (sockaddr[0].split("%", 1)[0], sockaddr[1])
+                # getaddrinfo gives (host, port, ...); the zone index is dropped so that
+                # the same link-local address is not bound twice.
+                key = (str(sockaddr[0]).split("%", 1)[0], int(sockaddr[1]))
                 if sockaddr[1] == 0 or key not in seen:
                     wanted.append((fam, socktype, proto, sockaddr))
                     seen.add(key)

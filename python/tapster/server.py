@@ -21,34 +21,7 @@ logger = logging.getLogger("tapster")
 WSGIApp = Callable[..., Any]
 
 #: Options handed to the Rust engine (the rest shape binding, or have no effect).
-ENGINE_OPTIONS = (
-    "threads",
-    "io_threads",
-    "connection_limit",
-    "recv_bytes",
-    "inbuf_overflow",
-    "outbuf_overflow",
-    "outbuf_high_watermark",
-    "channel_timeout",
-    "header_timeout",
-    "min_body_rate",
-    "max_request_header_size",
-    "max_request_line_size",
-    "max_request_headers",
-    "max_request_body_size",
-    "shutdown_timeout",
-    "ident",
-    "log_socket_errors",
-    "url_scheme",
-    "url_prefix",
-    "server_name",
-    "expose_tracebacks",
-    "clear_untrusted_proxy_headers",
-    "log_untrusted_proxy_headers",
-    "trusted_proxy",
-    "trusted_proxy_count",
-    "trusted_proxy_headers",
-)
+ENGINE_OPTIONS: tuple[str, ...] = tuple(_tapster.ENGINE_OPTIONS)
 
 
 def cleanup_unix_socket(path: str) -> None:

@@ -61,7 +61,9 @@ fn seconds(value: f64, name: &str) -> PyResult<Duration> {
     Ok(Duration::from_secs_f64(value))
 }
 
-const KNOWN_OPTIONS: &[&str] = &[
+/// The options the engine takes (exported to Python as `ENGINE_OPTIONS`; the others
+/// shape binding in the Python layer or have no effect).
+pub const KNOWN_OPTIONS: &[&str] = &[
     "threads",
     "io_threads",
     "connection_limit",
