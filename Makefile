@@ -39,10 +39,11 @@ py-test: $(VENV)/.test-deps
 	$(MAKE) build
 	$(PY) -m pytest -q tests
 
-## lint: formatting and clippy, as CI expects them
-lint:
+## lint: formatting, clippy and mypy, as CI expects them
+lint: $(VENV)/.test-deps
 	cargo fmt --all -- --check
 	cargo clippy --all-targets -- -D warnings
+	$(PY) -m mypy --ignore-missing-imports python/tapster
 
 ## bench: the benchmark harness against the peers (never part of `make test`)
 bench: build
