@@ -1,20 +1,20 @@
 //! Runs one request through the application and drains its response: builds the
 //! environ, calls the app, iterates the app_iter (lists without the iterator protocol,
-//! `wsgi.file_wrapper` by reading its file), frames and sends each chunk, and always
-//! calls `close()`.
+//! `wsgi.file_wrapper` by `sendfile(2)` or by reading its file), frames and sends each
+//! chunk, and always calls `close()`.
 //!
 //! When more than `outbuf_high_watermark` bytes wait for a slow client, the exchange
 //! parks itself with the `Responder` and the worker thread moves on; the connection task
 //! resubmits it to the pool once the client has caught up.
 
+use std::fs::File;
 use std::sync::Arc;
 
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList, PyTuple};
 
 use super::environ::{EnvironTemplate, ProxyDecision};
-use super::file_wrapper::FileWrapper;
-use super::file_wrapper::ZeroCopyTypes;
+use super::file_wrapper::{FileWrapper, ZeroCopyTypes};
 use super::input::Input;
 use super::log::Loggers;
 use super::pool::{Job, PoolShared};
@@ -24,7 +24,6 @@ use super::start_response::{
 use crate::http::RequestHead;
 use crate::server::responder::{Delivery, Part};
 use crate::server::{Body, ConnInfo, LogLevel, Request};
-use std::fs::File;
 
 /// The body pieces sent in one go.
 type Chunks<'py> = smallvec::SmallVec<[Bound<'py, PyBytes>; 4]>;
@@ -216,7 +215,9 @@ impl AppContext {
     ) -> PyResult<Source> {
         let f = wrapper.filelike.bind(py);
         let pos: u64 = f.call_method0("tell")?.extract()?;
-        let end: u64 = f.call_method1("seek", (0, 2))?.extract()?;
+        // The end via tell(): some file-likes' seek() returns None.
+        f.call_method1("seek", (0, 2))?;
+        let end: u64 = f.call_method0("tell")?.extract()?;
         f.call_method1("seek", (pos,))?;
         let size = end.saturating_sub(pos);
         let mut start = exchange.start.bind(py).borrow_mut();
