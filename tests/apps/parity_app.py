@@ -7,7 +7,8 @@ Any path that is not a route below answers 200 with a JSON description of the en
 (``describe``): every key with its value (str, int, bool and None as they are, tuples
 as lists, any other object as ``"<object TypeName>"``), plus the body the app read
 from wsgi.input and a few facts about the objects (is wsgi.errors sys.stderr, is
-wsgi.input seekable, what does waitress.client_disconnected() return...).
+wsgi.input seekable, what does waitress.client_disconnected() return, is
+tapster.client_disconnected the same callable where it is offered...).
 
 Routes (query parameters in brackets):
 
@@ -94,6 +95,11 @@ def describe(environ: Environ) -> dict[str, Any]:
         "client_disconnected()": check() if callable(check) else repr(check),
         "input_tell_before": stream.tell() if hasattr(stream, "tell") else None,
     }
+    if "tapster.client_disconnected" in environ:
+        # Tapster's name for the same callable (README); reported only where offered.
+        facts["tapster.client_disconnected is waitress.client_disconnected"] = (
+            environ["tapster.client_disconnected"] is check
+        )
     body = stream.read() if stream is not None else b""
     facts["input_seek0_reread"] = None
     if hasattr(stream, "seek"):
