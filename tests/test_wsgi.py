@@ -254,6 +254,15 @@ def test_input_read_readline_readlines_iter_seek_tell(probe_server: ServerProces
     ]
 
 
+def test_input_seeked_past_the_end_reads_nothing(probe_server: ServerProcess, make_server) -> None:
+    ops = "seek:1000,read,read:5,readline,readlines,iter,tell"
+    expected = ["ok", "", "", "", [], [], 1000]
+    assert input_results(probe_server, ops, b"short body") == expected
+    spilled = make_server("--inbuf-overflow=1000", app="apps.wsgi_probe:app")
+    big = b"x" * 5000
+    assert input_results(spilled, ops.replace("1000", "9000"), big) == expected[:-1] + [9000]
+
+
 def test_input_without_body_is_empty(probe_server: ServerProcess) -> None:
     assert input_results(probe_server, "read,readline,readlines,read:10,iter,tell") == ["", "", [], "", [], 0]
     zero = input_results(probe_server, "read,tell", method="POST", headers=[("Content-Length", "0")])

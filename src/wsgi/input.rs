@@ -44,6 +44,10 @@ impl Input {
     fn take<'py>(&mut self, py: Python<'py>, n: u64) -> PyResult<Bound<'py, PyBytes>> {
         let n = usize::try_from(n.min(self.remaining()))
             .map_err(|_| PyOSError::new_err("request body too large for this platform"))?;
+        if n == 0 {
+            // Also covers a position seeked past the end.
+            return Ok(PyBytes::new(py, b""));
+        }
         let start = self.pos;
         let data = match &self.body {
             Body::Memory(bytes) => {
@@ -71,6 +75,9 @@ impl Input {
     /// The next line (through `\n`), at most `limit` bytes.
     fn line(&mut self, limit: u64) -> PyResult<Vec<u8>> {
         let limit = limit.min(self.remaining());
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
         if let Body::Memory(bytes) = &self.body {
             let start = self.pos as usize;
             let window = &bytes[start..start + limit as usize];
