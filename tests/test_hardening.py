@@ -3,6 +3,7 @@ cuts what it must, and keeps serving everyone else."""
 
 from __future__ import annotations
 
+import re
 import socket
 import struct
 import threading
@@ -205,3 +206,17 @@ def test_huge_chunked_upload_gets_413_with_bounded_memory(make_server) -> None:
     assert peak - before < 100 * 1024, f"RSS grew by {(peak - before) // 1024} MiB"
     assert srv.calls() == 0
     assert served_quickly(srv)
+
+
+def test_shutdown_closes_a_stream_parked_for_a_stalled_client(make_server) -> None:
+    # The client never reads: the stream parks above the watermark. At shutdown the
+    # connection is dropped after shutdown_timeout, and the iterator is still closed.
+    srv = make_server("--shutdown-timeout=1", "--outbuf-high-watermark=1048576")
+    stalled = srv.connect(timeout=10)
+    stalled.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+    stalled.send(get("/stream?n=100000&size=65536"))
+    time.sleep(0.5)
+    assert "stream closed" not in srv.log()
+    assert srv.stop() == 0
+    assert re.search(r"EVENT stream closed after \d+ chunks", srv.log()), srv.log()
+    stalled.close()

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
+use bytes::{Buf, BytesMut};
 use std::pin::Pin;
 
 use tokio::sync::futures::OwnedNotified;
@@ -40,6 +40,26 @@ pub struct Shared {
 const INITIAL_READ_BUFFER: usize = 2048;
 /// Below this much room, the read buffer grows before the next read.
 const MIN_READ: usize = 512;
+/// Fails a response when dropped; forgotten once the response has run its course.
+struct FailOnDrop<'a>(&'a Responder);
+
+impl Drop for FailOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.fail();
+    }
+}
+
+/// How much to ask of the next `recv` into `rbuf`: the room the buffer already has
+/// while there is a fair amount of it (no growth); `max` only when it runs short.
+fn read_size(rbuf: &BytesMut, max: usize) -> usize {
+    let spare = rbuf.capacity() - rbuf.len();
+    if spare >= MIN_READ {
+        spare.min(max)
+    } else {
+        max
+    }
+}
+
 /// Body bytes asked of each `recv` while receiving a large body.
 const BODY_READ: usize = 64 * 1024;
 /// After an error or `Connection: close`, how long and how much we keep reading (and
@@ -156,7 +176,13 @@ impl Session {
                 conn: self.info.clone(),
                 responder: responder.clone(),
             });
-            match self.await_response(&responder).await {
+            // If this task is dropped mid-response (the runtime stopping at the end of
+            // a shutdown), the response fails: a parked iterator is resumed only to be
+            // closed, and nothing waits for this connection any more.
+            let in_flight = FailOnDrop(&responder);
+            let delivered = self.await_response(&responder).await;
+            std::mem::forget(in_flight);
+            match delivered {
                 Some(true)
                     if !self.peer_finished && !self.shared.closing.load(Ordering::Acquire) =>
                 {
@@ -321,7 +347,7 @@ impl Session {
                 }
             })
             .map_err(BodyFailure::Protocol)?;
-        let _ = self.rbuf.split_to(progress.consumed);
+        self.rbuf.advance(progress.consumed);
         match storage_error {
             Some(err) => Err(BodyFailure::Storage(err)),
             None => Ok(()),
@@ -338,14 +364,7 @@ impl Session {
         deadline: Option<Instant>,
     ) -> Result<usize, ReadStop> {
         let mut rbuf = std::mem::take(&mut self.rbuf);
-        // Use the room the buffer already has while there is a fair amount of it;
-        // grow to `max` only when it runs short.
-        let spare = rbuf.capacity() - rbuf.len();
-        let max = if spare >= MIN_READ {
-            spare.min(max)
-        } else {
-            max
-        };
+        let max = read_size(&rbuf, max);
         let result = self.read_into(&mut rbuf, max, idle, deadline).await;
         self.rbuf = rbuf;
         result
@@ -414,9 +433,8 @@ impl Session {
         let mut watching = !self.peer_finished && self.rbuf.is_empty();
         responder.set_consumer_watching(watching);
         loop {
-            let read = self
-                .conn
-                .read(&mut self.rbuf, self.shared.config.recv_bytes);
+            let want = read_size(&self.rbuf, self.shared.config.recv_bytes);
+            let read = self.conn.read(&mut self.rbuf, want);
             let step = tokio::select! {
                 biased;
                 step = responder.next_step() => step,

@@ -58,7 +58,10 @@ fn seconds(value: f64, name: &str) -> PyResult<Duration> {
             "{name} must be a positive number of seconds"
         )));
     }
-    Ok(Duration::from_secs_f64(value))
+    // Longer than a year is as good as forever, and stays clear of `Instant` overflow
+    // and of tokio's timer range (about two years).
+    const A_YEAR: f64 = 365.0 * 24.0 * 3600.0;
+    Ok(Duration::from_secs_f64(value.min(A_YEAR)))
 }
 
 /// The options the engine takes (exported to Python as `ENGINE_OPTIONS`; the others
@@ -331,6 +334,9 @@ impl PyServer {
                 ),
             );
         }
+        // Connections go first: dropping one mid-response fails that response, and the
+        // still-running pool closes its iterator (`close()` runs for every response).
+        py.detach(|| running.stop());
         let remaining = deadline
             .saturating_duration_since(Instant::now())
             .max(Duration::from_millis(100));
@@ -342,7 +348,6 @@ impl PyServer {
                 &format!("{busy} thread(s) still running"),
             );
         }
-        py.detach(|| running.stop());
         self.control.flush_logs(py, &loggers);
         outcome
     }
