@@ -45,6 +45,7 @@ pub struct Config {
 
 impl Default for Config {
     fn default() -> Self {
+        let head = HeadLimits::default();
         Config {
             threads: 4,
             io_threads: 1,
@@ -56,10 +57,10 @@ impl Default for Config {
             channel_timeout: Duration::from_secs(120),
             header_timeout: Duration::from_secs(30),
             min_body_rate: 1024,
-            max_request_header_size: 262_144,
-            max_request_line_size: 65_536,
-            max_request_headers: 100,
-            max_request_body_size: 1_073_741_824,
+            max_request_header_size: head.max_head_bytes,
+            max_request_line_size: head.max_request_line,
+            max_request_headers: head.max_headers,
+            max_request_body_size: head.max_body_bytes,
             shutdown_timeout: Duration::from_secs(5),
             ident: Some("tapster".to_owned()),
             log_socket_errors: true,
@@ -95,6 +96,13 @@ impl Config {
         }
         if self.header_timeout.is_zero() {
             return Err("header_timeout must be positive".into());
+        }
+        // Header positions are stored as 32-bit offsets into the head.
+        if u32::try_from(self.max_request_header_size).is_err() {
+            return Err(format!(
+                "max_request_header_size must be at most {}",
+                u32::MAX
+            ));
         }
         if self.threads > 10_000 {
             return Err("threads must be at most 10000".into());

@@ -25,6 +25,7 @@ pub struct HeadLimits {
     pub max_body_bytes: u64,
 }
 
+/// The defaults of the matching server options.
 impl Default for HeadLimits {
     fn default() -> Self {
         HeadLimits {
@@ -169,7 +170,7 @@ impl HeadParser {
     ) -> Result<Option<RequestHead>, HttpError> {
         // RFC 9112 section 2.2: ignore empty lines received before the request line.
         while buf.starts_with(b"\r\n") {
-            let _ = buf.split_to(2);
+            buf.advance(2);
             self.skipped += 2;
             self.scanned = 0;
         }

@@ -56,6 +56,8 @@ keys! {
     remote_host = "REMOTE_HOST",
     remote_port = "REMOTE_PORT",
     content_length = "CONTENT_LENGTH",
+    content_type = "CONTENT_TYPE",
+    http_host = "HTTP_HOST",
     wsgi_version = "wsgi.version",
     wsgi_url_scheme = "wsgi.url_scheme",
     wsgi_input = "wsgi.input",
@@ -131,15 +133,12 @@ pub struct EnvironTemplate {
     none_str: Py<PyString>,
     methods: Vec<Py<PyString>>,
     sys: Py<PyModule>,
-    content_type: Py<PyString>,
     /// `HTTP_*` key bytes (after the prefix) to interned key objects.
     fields: Mutex<HashMap<Vec<u8>, Py<PyString>>>,
     url_prefix: Vec<u8>,
     proxy: ProxyConfig,
     /// The default scheme (trusted proxies may override it per request).
     url_scheme: String,
-    server_name_key: Py<PyString>,
-    http_host_key: Py<PyString>,
 }
 
 /// What the environ builder decided about a request's forwarding headers.
@@ -239,13 +238,10 @@ impl EnvironTemplate {
                 .map(|m| PyString::intern(py, m).unbind())
                 .collect(),
             sys: py.import("sys")?.unbind(),
-            content_type: PyString::intern(py, "CONTENT_TYPE").unbind(),
             fields: Mutex::new(fields),
             url_prefix: config.url_prefix.as_bytes().to_vec(),
             proxy: config.proxy.clone(),
             url_scheme: config.url_scheme.clone(),
-            server_name_key: PyString::intern(py, "SERVER_NAME").unbind(),
-            http_host_key: PyString::intern(py, "HTTP_HOST").unbind(),
         })
     }
 
@@ -281,16 +277,10 @@ impl EnvironTemplate {
     ) -> PyResult<&'a ConnObjects> {
         let cached = conn.app_data.get_or_try_init(|| -> PyResult<ConnObjects> {
             let (addr, port) = match &conn.peer {
-                Peer::Tcp(addr) => {
-                    let ip = match addr.ip() {
-                        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
-                        v4 => v4,
-                    };
-                    (
-                        PyString::new(py, &ip.to_string()).unbind(),
-                        PyString::new(py, &addr.port().to_string()).unbind(),
-                    )
-                }
+                Peer::Tcp(addr) => (
+                    PyString::new(py, &peer_text(&conn.peer)).unbind(),
+                    PyString::new(py, &addr.port().to_string()).unbind(),
+                ),
                 Peer::Unix => (self.localhost.clone_ref(py), self.none_str.clone_ref(py)),
             };
             Ok(ConnObjects {
@@ -342,7 +332,7 @@ impl EnvironTemplate {
         let mut logs = Vec::new();
         let mut values = ForwardingValues::default();
         for (name, value) in head.fields() {
-            let Some(bit) = proxy_header_bit(name) else {
+            let Some(bit) = proxy::header_bit(name) else {
                 continue;
             };
             let text: String = value.iter().map(|&b| b as char).collect();
@@ -445,7 +435,7 @@ impl EnvironTemplate {
         self.add_fields(py, &env, head, body_len, drop, overrides)?;
         if let Some(authority) = absolute_form_authority(target) {
             // RFC 9112 section 3.2.2: the target's host wins over the Host header.
-            env.set_item(self.http_host_key.bind(py), latin1(py, authority)?)?;
+            env.set_item(&self.keys.http_host, latin1(py, authority)?)?;
         }
         if let Some(o) = overrides {
             let set = |key: &Py<PyString>, value: &Option<String>| -> PyResult<()> {
@@ -455,9 +445,9 @@ impl EnvironTemplate {
                 }
             };
             set(&k.wsgi_url_scheme, &o.url_scheme)?;
-            set(&self.server_name_key, &o.server_name)?;
+            set(&k.server_name, &o.server_name)?;
             set(&k.server_port, &o.server_port)?;
-            set(&self.http_host_key, &o.http_host)?;
+            set(&k.http_host, &o.http_host)?;
             set(&k.remote_addr, &o.remote_addr)?;
             set(&k.remote_host, &o.remote_addr)?;
             set(&k.remote_port, &o.remote_port)?;
@@ -530,7 +520,7 @@ impl EnvironTemplate {
                 latin1(py, value)?
             };
             match upper {
-                b"CONTENT_TYPE" => env.set_item(self.content_type.bind(py), value)?,
+                b"CONTENT_TYPE" => env.set_item(&self.keys.content_type, value)?,
                 b"CONTENT_LENGTH" => {
                     if head.framing != BodyFraming::Chunked {
                         env.set_item(&self.keys.content_length, value)?;
@@ -544,21 +534,6 @@ impl EnvironTemplate {
         }
         Ok(())
     }
-}
-
-/// The forwarding-header bit of a field name, matched case-insensitively.
-fn proxy_header_bit(name: &[u8]) -> Option<u8> {
-    proxy::HEADERS.iter().find_map(|(bit, key, _)| {
-        let matches = name.len() == key.len()
-            && name.iter().zip(key.bytes()).all(|(&n, k)| {
-                (if n == b'-' {
-                    b'_'
-                } else {
-                    n.to_ascii_uppercase()
-                }) == k
-            });
-        matches.then_some(*bit)
-    })
 }
 
 fn bit_index(bit: u8) -> usize {

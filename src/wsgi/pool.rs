@@ -290,14 +290,17 @@ impl PoolShared {
             }
             // Asking the kernel about each runner costs a little; do it only when a
             // helper could be recruited, or a queue-depth warning is due.
-            let can_recruit = state.idle.len() > state.recruits;
-            if !can_recruit && !self.depth_warning_due(&state) {
+            if state.idle.len() <= state.recruits && !self.depth_warning_due(&state) {
                 continue;
             }
-            if !self.all_stuck(&mut seen) {
+            // The kernel is asked without the pool lock: dispatching never waits on it.
+            drop(state);
+            let stuck = self.all_stuck(&mut seen);
+            state = self.lock();
+            if !stuck || state.queue.is_empty() {
                 continue;
             }
-            if can_recruit {
+            if state.idle.len() > state.recruits {
                 state.recruits += 1;
                 self.wake_one(&mut state);
             } else {
@@ -437,7 +440,7 @@ fn thread_blocked(tid: i32) -> bool {
 fn run(py: Python<'_>, ctx: &Arc<AppContext>, job: Job) {
     let responder = match &job {
         Job::Request(request) => Some(request.responder.clone()),
-        Job::Resume(exchange) => Some(exchange.responder(py)),
+        Job::Resume(exchange) => exchange.responder(py),
         Job::Call(_) => None,
     };
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match job {

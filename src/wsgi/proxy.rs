@@ -28,12 +28,21 @@ pub const HEADERS: [(u8, &str, &str); 6] = [
     (FORWARDED, "FORWARDED", "Forwarded"),
 ];
 
-/// The bit of a forwarding header given its environ key (without `HTTP_`).
-pub fn header_bit(key: &[u8]) -> Option<u8> {
-    HEADERS
-        .iter()
-        .find(|(_, k, _)| k.as_bytes() == key)
-        .map(|(bit, _, _)| *bit)
+/// The bit of a forwarding header given its field name (any case) or its environ key
+/// (without `HTTP_`): case is ignored and `-` matches `_`.
+pub fn header_bit(name: &[u8]) -> Option<u8> {
+    HEADERS.iter().find_map(|(bit, key, _)| {
+        let matches = name.len() == key.len()
+            && name.iter().zip(key.bytes()).all(|(&n, k)| {
+                let n = if n == b'-' {
+                    b'_'
+                } else {
+                    n.to_ascii_uppercase()
+                };
+                n == k
+            });
+        matches.then_some(*bit)
+    })
 }
 
 /// Who may send forwarding headers.

@@ -76,8 +76,11 @@ pub struct Exchange {
 }
 
 impl Exchange {
-    pub fn responder(&self, py: Python<'_>) -> Arc<crate::server::Responder> {
-        self.start.bind(py).borrow().state.responder.clone()
+    /// The response's carrier; `None` only while an application thread is inside
+    /// this exchange's `start_response`/`write` (never the case between jobs).
+    pub fn responder(&self, py: Python<'_>) -> Option<Arc<crate::server::Responder>> {
+        let start = self.start.bind(py).try_borrow().ok()?;
+        Some(start.state.responder.clone())
     }
 }
 
@@ -386,17 +389,17 @@ impl AppContext {
         else {
             return;
         };
-        let sent = {
+        let (sent, responder) = {
             let mut start = exchange.start.bind(py).borrow_mut();
-            start
+            let sent = start
                 .state
                 .send_file(py, file, offset, len)
-                .and_then(|()| start.state.finish(py))
+                .and_then(|()| start.state.finish(py));
+            (sent, start.state.responder.clone())
         };
         if let Err(err) = sent {
             return self.fail(py, exchange, err.into_pyerr());
         }
-        let responder = exchange.responder(py);
         let ctx = self.clone();
         responder.on_finished(Box::new(move |delivered| {
             let pool = ctx.pool.clone();

@@ -67,11 +67,10 @@ pub struct ResponseState {
     pub facts: RequestFacts,
     settings: Arc<ResponseSettings>,
     loggers: Arc<Loggers>,
-    /// The status line text, latin-1 encoded (e.g. `200 OK`).
-    /// `text[..status_len]`, once start_response has been called.
+    /// The length of the status text at the start of `text`, once start_response
+    /// has been called.
     status_len: Option<usize>,
     code: u16,
-    /// The application's headers as `Name: value\r\n` lines, without Content-Length.
     /// The status line text (latin-1, e.g. `200 OK`) followed by the application's
     /// headers as `Name: value\r\n` lines without Content-Length; one buffer for both.
     text: Vec<u8>,
@@ -119,10 +118,6 @@ impl ResponseState {
 
     pub fn head_sent(&self) -> bool {
         self.framing.is_some()
-    }
-
-    pub fn body_mode(&self) -> Option<BodyMode> {
-        self.framing.map(|f| f.body)
     }
 
     /// Implements `start_response(status, headers, exc_info=None)`.
@@ -358,6 +353,8 @@ impl ResponseState {
         if len == 0 {
             return Ok(());
         }
+        crate::server::responder::SENDFILE_RESPONSES
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         if self.framing.map(|f| f.body) == Some(BodyMode::Chunked) {
             let (prefix, n) = chunk_header(usize::try_from(len).unwrap_or(usize::MAX));
             let responder = &self.responder;
@@ -679,7 +676,9 @@ impl StartResponse {
         exc_info: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let py = slf.py();
-        slf.borrow_mut()
+        // A second application thread calling in while `write()` waits for the
+        // client (GIL released) finds the state borrowed: an error, not a panic.
+        slf.try_borrow_mut()?
             .state
             .start(py, status, headers, exc_info)?;
         slf.getattr("write")
