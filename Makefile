@@ -43,7 +43,7 @@ py-test: $(VENV)/.test-deps
 lint: $(VENV)/.test-deps
 	cargo fmt --all -- --check
 	cargo clippy --all-targets -- -D warnings
-	$(PY) -m mypy --ignore-missing-imports python/tapster
+	$(PY) -m mypy --ignore-missing-imports python/tapster bench/run.py
 
 ## bench: the benchmark harness against the peers (never part of `make test`)
 bench: build

@@ -57,6 +57,9 @@ class Scenario:
     nginx_path: str | None = None  # nginx serves only hello and files
     is_file: bool = False
 
+    def path_for(self, server: str) -> str:
+        return self.nginx_path if server == "nginx" and self.nginx_path else self.path
+
 
 SCENARIOS = [
     Scenario("hello-c1", "hello", 1, nginx_path="/"),
@@ -289,7 +292,7 @@ def running(server: Server, scenario: Scenario, port: int) -> Iterator[subproces
     log = tempfile.TemporaryFile()
     proc = subprocess.Popen(cmd, cwd=HERE, env=env, stdout=log, stderr=log, start_new_session=True)
     try:
-        wait_ready(proc, port, scenario)
+        wait_ready(proc, port, scenario.path_for(server.name))
         yield proc
     finally:
         with contextlib.suppress(ProcessLookupError):
@@ -303,8 +306,7 @@ def running(server: Server, scenario: Scenario, port: int) -> Iterator[subproces
         log.close()
 
 
-def wait_ready(proc: subprocess.Popen[bytes], port: int, scenario: Scenario) -> None:
-    path = scenario.nginx_path if scenario.nginx_path and "nginx" in " ".join(map(str, proc.args)) else scenario.path
+def wait_ready(proc: subprocess.Popen[bytes], port: int, path: str) -> None:
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -369,8 +371,7 @@ def slow_clients(port: int, count: int) -> Iterator[Callable[[], int]]:
 
 def measure(server: Server, scenario: Scenario, seconds: float, warmup: float) -> dict[str, object]:
     port = PORT
-    path = scenario.nginx_path if server.name == "nginx" else scenario.path
-    url = f"http://127.0.0.1:{port}{path}"
+    url = f"http://127.0.0.1:{port}{scenario.path_for(server.name)}"
     with running(server, scenario, port) as proc:
         rss = PeakRss(proc.pid)
         with slow_clients(port, scenario.slow_clients):
@@ -379,17 +380,20 @@ def measure(server: Server, scenario: Scenario, seconds: float, warmup: float) -
             result = wrk(url, scenario.connections, seconds, scenario.lua)
             cpu = cpu_seconds(proc.pid) - cpu_before
         peak = rss.stop()
-    requests = max(result["requests"], 1.0)
+    requests = result["requests"]
     record: dict[str, object] = {
         "server": server.name,
         "scenario": scenario.name,
         **result,
         "mb_per_s": result["bytes"] / seconds / 1e6,
         "cpu_s": cpu,
-        "cpu_us_per_req": cpu / requests * 1e6,
+        # No completed request: no per-request CPU and no latency to speak of.
+        "cpu_us_per_req": cpu / requests * 1e6 if requests else None,
         "cpu_s_per_gb": cpu / (result["bytes"] / 1e9) if result["bytes"] else None,
         "peak_rss_mib": peak / (1 << 20),
     }
+    if not requests:
+        record["p50_ms"] = record["p99_ms"] = None
     return record
 
 
@@ -503,8 +507,8 @@ def main() -> int:
                 print(f"   {server.name:9} FAILED: {record['error']}", flush=True)
             else:
                 print(
-                    f"   {server.name:9} {record['rps']:>10,.0f} req/s  p99 {record.get('p99_ms', 0):7.2f} ms  "
-                    f"{record['mb_per_s']:8.1f} MB/s  cpu {record['cpu_us_per_req']:8.2f} us/req  "
+                    f"   {server.name:9} {record['rps']:>10,.0f} req/s  p99 {fmt(record.get('p99_ms'), 2):>7} ms  "
+                    f"{record['mb_per_s']:8.1f} MB/s  cpu {fmt(record.get('cpu_us_per_req'), 2):>8} us/req  "
                     f"rss {record['peak_rss_mib']:6.1f} MiB",
                     flush=True,
                 )
