@@ -21,13 +21,12 @@ import re
 import socket
 import subprocess
 import sys
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
-from support import TESTS_DIR, ServerProcess
+from support import TESTS_DIR, CapturedProcess, ServerProcess, tests_env
 
 APP = "apps.parity_app:app"
 README = os.path.join(os.path.dirname(TESTS_DIR), "README.md")
@@ -51,36 +50,13 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
-class WaitressProcess:
+class WaitressProcess(CapturedProcess):
     """`python -m waitress [args] APP` on a port picked here; waits until it accepts."""
 
     def __init__(self, args: list[str], connect_host: str, port: int, app: str = APP) -> None:
-        cmd = [sys.executable, "-m", "waitress", *args, app]
-        env = dict(os.environ)
-        env["PYTHONPATH"] = TESTS_DIR + os.pathsep + env.get("PYTHONPATH", "")
-        env["PYTHONUNBUFFERED"] = "1"
-        self.cmd = cmd
+        super().__init__([sys.executable, "-m", "waitress", *args, app], tests_env())
         self.host = connect_host
         self.port = port
-        self.proc = subprocess.Popen(
-            cmd,
-            cwd=TESTS_DIR,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            env=env,
-        )
-        self._lines: list[str] = []
-        self._lock = threading.Lock()
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            with self._lock:
-                self._lines.append(line.rstrip("\n"))
 
     def wait_ready(self, timeout: float = 15.0) -> None:
         deadline = time.monotonic() + timeout
@@ -98,10 +74,6 @@ class WaitressProcess:
     @property
     def address(self) -> tuple[str, int]:
         return (self.host, self.port)
-
-    def log(self) -> str:
-        with self._lock:
-            return "\n".join(self._lines)
 
     def stop(self) -> None:
         if self.proc.poll() is None:

@@ -18,20 +18,32 @@ TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
 SERVING = re.compile(r"Serving on http://(.+):(\d+|/.+)$")
 
 
-class ServerProcess:
-    """`python -m tapster [args] APP` on a free port, with its log captured."""
+def tests_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """This environment with the tests directory importable and unbuffered output."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = TESTS_DIR + os.pathsep + env.get("PYTHONPATH", "")
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(extra or {})
+    return env
 
-    def __init__(self, app: str, *args: str, listen: str | None = "127.0.0.1:0", env: dict[str, str] | None = None) -> None:
-        cmd = [sys.executable, "-m", "tapster"]
-        if listen is not None:
-            cmd.append(f"--listen={listen}")
-        cmd.extend(args)
-        cmd.append(app)
-        full_env = dict(os.environ)
-        full_env["PYTHONPATH"] = TESTS_DIR + os.pathsep + full_env.get("PYTHONPATH", "")
-        full_env["PYTHONUNBUFFERED"] = "1"
-        if env:
-            full_env.update(env)
+
+def has_ipv6_loopback() -> bool:
+    """Whether this machine can bind ::1 (some containers have no IPv6)."""
+    if not socket.has_ipv6:
+        return False
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as s:
+            s.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+class CapturedProcess:
+    """A child process run from the tests directory, its stdout and stderr read line by
+    line by a thread."""
+
+    def __init__(self, cmd: list[str], env: dict[str, str]) -> None:
         self.cmd = cmd
         self.proc = subprocess.Popen(
             cmd,
@@ -40,19 +52,38 @@ class ServerProcess:
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
-            env=full_env,
+            env=env,
         )
         self._lines: list[str] = []
         self._lock = threading.Lock()
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
-        self.host, self.port = self._wait_for_listen()
 
     def _read(self) -> None:
         assert self.proc.stdout is not None
         for line in self.proc.stdout:
             with self._lock:
                 self._lines.append(line.rstrip("\n"))
+
+    def lines(self) -> list[str]:
+        with self._lock:
+            return list(self._lines)
+
+    def log(self) -> str:
+        return "\n".join(self.lines())
+
+
+class ServerProcess(CapturedProcess):
+    """`python -m tapster [args] APP` on a free port, with its log captured."""
+
+    def __init__(self, app: str, *args: str, listen: str | None = "127.0.0.1:0", env: dict[str, str] | None = None) -> None:
+        cmd = [sys.executable, "-m", "tapster"]
+        if listen is not None:
+            cmd.append(f"--listen={listen}")
+        cmd.extend(args)
+        cmd.append(app)
+        super().__init__(cmd, tests_env(env))
+        self.host, self.port = self._wait_for_listen()
 
     def _wait_for_listen(self, timeout: float = 15.0) -> tuple[str, int | str]:
         deadline = time.monotonic() + timeout
@@ -76,10 +107,6 @@ class ServerProcess:
 
     def url(self, path: str = "/") -> str:
         return f"http://{self.host}:{self.port}{path}"
-
-    def log(self) -> str:
-        with self._lock:
-            return "\n".join(self._lines)
 
     def wait_for_log(self, pattern: str, timeout: float = 5.0) -> str:
         """Waits until a log line matches `pattern` (a regex) and returns it."""

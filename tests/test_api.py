@@ -31,7 +31,7 @@ import pytest
 
 import tapster
 from apps.behaviors import app
-from support import RawConn
+from support import RawConn, has_ipv6_loopback
 from tapster.adjustments import Adjustments
 from tapster.server import MultiSocketServer, TcpWSGIServer, UnixWSGIServer, create_server
 
@@ -87,17 +87,6 @@ def unix_get(path: str, target: str = "/echo") -> tuple[int, dict[str, Any] | No
     except ValueError:
         environ = None
     return resp.status, environ, resp.body
-
-
-def has_ipv6_loopback() -> bool:
-    if not socket.has_ipv6:
-        return False
-    try:
-        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as s:
-            s.bind(("::1", 0))
-        return True
-    except OSError:
-        return False
 
 
 def refuses(host: str, port: int) -> bool:

@@ -24,7 +24,7 @@ from typing import Callable, Iterator
 
 import pytest
 
-from support import RawConn
+from support import CapturedProcess, RawConn, has_ipv6_loopback
 
 TESTS_DIR = Path(__file__).resolve().parent
 SCRIPT = Path(sys.prefix) / "bin" / "tapster"
@@ -76,37 +76,11 @@ def run_cli(*args: str, command: str = "module", timeout: float = 20.0) -> subpr
     )
 
 
-class CliServer:
+class CliServer(CapturedProcess):
     """A serving `tapster` process with its stdout and stderr captured together."""
 
     def __init__(self, *args: str, command: str = "module") -> None:
-        self.cmd = COMMANDS[command] + list(args)
-        self.proc = subprocess.Popen(
-            self.cmd,
-            cwd=TESTS_DIR,
-            env=child_env(),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        self._lines: list[str] = []
-        self._lock = threading.Lock()
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            with self._lock:
-                self._lines.append(line.rstrip("\n"))
-
-    def lines(self) -> list[str]:
-        with self._lock:
-            return list(self._lines)
-
-    def log(self) -> str:
-        return "\n".join(self.lines())
+        super().__init__(COMMANDS[command] + list(args), child_env())
 
     def wait_serving(self, count: int = 1, timeout: float = 15.0) -> list[tuple[str, int]]:
         """Waits for `count` "Serving on" lines; returns their (host, port)."""
@@ -171,17 +145,6 @@ def echo_environ(host: str, port: int, path: str = "/echo") -> dict:
     status, _, body = http_get(host, port, path)
     assert status == 200
     return json.loads(body)["environ"]
-
-
-def has_ipv6_loopback() -> bool:
-    if not socket.has_ipv6:
-        return False
-    try:
-        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as s:
-            s.bind(("::1", 0))
-        return True
-    except OSError:
-        return False
 
 
 # --- help, usage errors and exit codes -------------------------------------------------

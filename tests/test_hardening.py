@@ -6,7 +6,6 @@ from __future__ import annotations
 import re
 import socket
 import struct
-import threading
 import time
 
 from support import ServerProcess, exchange

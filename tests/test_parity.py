@@ -67,7 +67,6 @@ from parity_support import (
     ReadFinal,
     ReadInterim,
     Send,
-    ServerPair,
     Step,
     request,
     run_both,

@@ -9,7 +9,6 @@ harness captures with the server's log.
 from __future__ import annotations
 
 import json
-import sys
 import threading
 import time
 from typing import Any, Callable, Iterable, Iterator

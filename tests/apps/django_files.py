@@ -5,20 +5,9 @@ from __future__ import annotations
 
 import os
 
-import django
-from django.conf import settings
+from apps.django_setup import configure
 
-settings.configure(
-    DEBUG=False,
-    SECRET_KEY="tapster-tests-only",
-    ROOT_URLCONF=__name__,
-    ALLOWED_HOSTS=["*"],
-    MIDDLEWARE=[],
-    INSTALLED_APPS=[],
-    DATABASES={},
-    USE_TZ=True,
-)
-django.setup()
+configure(__name__)
 
 from django.core.wsgi import get_wsgi_application  # noqa: E402
 from django.http import FileResponse, HttpRequest, JsonResponse  # noqa: E402

@@ -76,9 +76,9 @@ def instrument_close(f: Any, tag: str) -> Any:
     return f
 
 
-class Counting:
-    """A seekable file-like object that records every read() (not sent with sendfile:
-    it is not a built-in file type)."""
+class RecordedReads:
+    """A file-like object with only read() and close(): records every read() under
+    `tag`, fails from read number `fail_at` on, and returns str when `text` is set."""
 
     def __init__(self, raw: Any, tag: str, fail_at: int | None = None, text: bool = False) -> None:
         self.raw = raw
@@ -97,6 +97,15 @@ class Counting:
         data = self.raw.read(size)
         return data.decode("latin-1") if self.text else data
 
+    def close(self) -> None:
+        note_close(self.tag)
+        self.raw.close()
+
+
+class Counting(RecordedReads):
+    """A seekable file-like object that records every read() (not sent with sendfile:
+    it is not a built-in file type)."""
+
     def seek(self, offset: int, whence: int = 0) -> int:
         return self.raw.seek(offset, whence)
 
@@ -105,10 +114,6 @@ class Counting:
 
     def seekable(self) -> bool:
         return True
-
-    def close(self) -> None:
-        note_close(self.tag)
-        self.raw.close()
 
 
 class Transform(Counting):
@@ -124,28 +129,11 @@ class Transform(Counting):
         return self.raw.fileno()
 
 
-class PipeLike:
+class PipeLike(RecordedReads):
     """Only read() (and close()): no seek, no tell, so the server must iterate."""
 
     def __init__(self, data: bytes, tag: str, text: bool = False, fail_at: int | None = None) -> None:
-        self.buf = io.BytesIO(data)
-        self.tag = tag
-        self.text = text
-        self.fail_at = fail_at
-        KEEP.append(self)
-
-    def read(self, size: int = -1) -> bytes | str:
-        rec = record(self.tag)
-        with _lock:
-            rec["reads"].append(size)
-            n = len(rec["reads"]) - 1
-        if self.fail_at is not None and n >= self.fail_at:
-            raise OSError(f"read {n} failed")
-        data = self.buf.read(size)
-        return data.decode("latin-1") if self.text else data
-
-    def close(self) -> None:
-        note_close(self.tag)
+        super().__init__(io.BytesIO(data), tag, fail_at, text)
 
 
 def _path(name: str) -> str:
