@@ -14,22 +14,12 @@ import time
 from typing import Any, Callable, Iterable, Iterator
 from urllib.parse import parse_qs
 
+from apps.common import event, json_safe
+
 StartResponse = Callable[..., Any]
 
 _calls = 0
 _lock = threading.Lock()
-
-
-def event(text: str) -> None:
-    print(f"EVENT {text}", flush=True)
-
-
-def _json_safe(value: Any) -> Any:
-    if isinstance(value, (str, int, float, bool)) or value is None:
-        return value
-    if isinstance(value, tuple):
-        return [_json_safe(v) for v in value]
-    return f"<{type(value).__name__}>"
 
 
 def _params(environ: dict[str, Any]) -> dict[str, str]:
@@ -71,7 +61,7 @@ def app(environ: dict[str, Any], start_response: StartResponse) -> Iterable[byte
 def echo(environ: dict[str, Any], start_response: StartResponse, p: dict[str, str]) -> Iterable[bytes]:
     body = environ["wsgi.input"].read()
     data = {
-        "environ": {k: _json_safe(v) for k, v in environ.items()},
+        "environ": {k: json_safe(v) for k, v in environ.items()},
         "body": body.decode("latin-1"),
     }
     out = json.dumps(data).encode()

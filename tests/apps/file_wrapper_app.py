@@ -37,6 +37,8 @@ from urllib.parse import parse_qs
 
 from tapster import _tapster
 
+from apps.common import event
+
 StartResponse = Callable[..., Any]
 DATA = os.environ.get("FW_DATA", "")
 XOR = bytes(b ^ 0x5A for b in range(256))
@@ -44,10 +46,6 @@ XOR = bytes(b ^ 0x5A for b in range(256))
 _lock = threading.Lock()
 RECORDS: dict[str, dict[str, Any]] = {}
 KEEP: list[Any] = []
-
-
-def event(text: str) -> None:
-    print(f"EVENT {text}", flush=True)
 
 
 def record(tag: str) -> dict[str, Any]:

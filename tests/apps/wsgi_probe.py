@@ -21,22 +21,12 @@ import sys
 from typing import Any, Callable, Iterable, Iterator
 from urllib.parse import parse_qs
 
+from apps.common import event, json_safe
+
 StartResponse = Callable[..., Any]
 Environ = dict[str, Any]
 
 TEXT = [("Content-Type", "text/plain")]
-
-
-def event(text: str) -> None:
-    print(f"EVENT {text}", flush=True)
-
-
-def _json_safe(value: Any) -> Any:
-    if isinstance(value, (str, int, float, bool)) or value is None:
-        return value
-    if isinstance(value, tuple):
-        return [_json_safe(v) for v in value]
-    return f"<{type(value).__name__}>"
 
 
 def _call(func: Any) -> Any:
@@ -50,7 +40,7 @@ def _call(func: Any) -> Any:
 def describe(environ: Environ) -> dict[str, Any]:
     stream = environ.get("wsgi.input")
     return {
-        "environ": {k: _json_safe(v) for k, v in environ.items()},
+        "environ": {k: json_safe(v) for k, v in environ.items()},
         "types": {k: type(v).__name__ for k, v in environ.items()},
         "errors_is_stderr": environ.get("wsgi.errors") is sys.stderr,
         "file_wrapper_callable": callable(environ.get("wsgi.file_wrapper")),
