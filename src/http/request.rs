@@ -696,34 +696,23 @@ mod tests {
 
     #[test]
     fn bare_lf_is_refused_before_the_head_ends() {
-        let mut parser = HeadParser::new();
-        let mut buf = BytesMut::from(&b"GET / HTTP/1.1\nHost: a\n"[..]);
-        assert_eq!(
+        // Feeds `buf` to an incremental parser: Ok(true) for a complete head,
+        // Ok(false) for "need more", Err(status) for a rejection.
+        fn feed(parser: &mut HeadParser, buf: &mut BytesMut) -> Result<bool, u16> {
             parser
-                .parse(&mut buf, &HeadLimits::default())
-                .unwrap_err()
-                .status(),
-            400
-        );
+                .parse(buf, &HeadLimits::default())
+                .map(|head| head.is_some())
+                .map_err(|e| e.status())
+        }
+        let mut buf = BytesMut::from(&b"GET / HTTP/1.1\nHost: a\n"[..]);
+        assert_eq!(feed(&mut HeadParser::new(), &mut buf), Err(400));
         let mut parser = HeadParser::new();
         let mut buf = BytesMut::from(&b"GET / HTTP/1.1\r"[..]);
-        assert!(parser
-            .parse(&mut buf, &HeadLimits::default())
-            .unwrap()
-            .is_none());
+        assert_eq!(feed(&mut parser, &mut buf), Ok(false));
         buf.extend_from_slice(b"\nHost: a\r\n");
-        assert!(parser
-            .parse(&mut buf, &HeadLimits::default())
-            .unwrap()
-            .is_none());
+        assert_eq!(feed(&mut parser, &mut buf), Ok(false));
         buf.extend_from_slice(b"\n");
-        assert_eq!(
-            parser
-                .parse(&mut buf, &HeadLimits::default())
-                .unwrap_err()
-                .status(),
-            400
-        );
+        assert_eq!(feed(&mut parser, &mut buf), Err(400));
     }
 
     #[test]
