@@ -4,6 +4,8 @@ the wire and whether the server closed the connection."""
 
 from __future__ import annotations
 
+import http.client
+import json
 import os
 import re
 import signal
@@ -13,6 +15,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
 SERVING = re.compile(r"Serving on http://(.+):(\d+|/.+)$")
@@ -37,6 +40,24 @@ def has_ipv6_loopback() -> bool:
         return True
     except OSError:
         return False
+
+
+def http_get(host: str, port: int, path: str = "/echo", timeout: float = 5.0) -> tuple[int, http.client.HTTPMessage, bytes]:
+    """A GET with http.client; `host` may be a bracketed IPv6 address."""
+    conn = http.client.HTTPConnection(host.strip("[]"), port, timeout=timeout)
+    try:
+        conn.request("GET", path)
+        resp = conn.getresponse()
+        return resp.status, resp.headers, resp.read()
+    finally:
+        conn.close()
+
+
+def echo_environ(host: str, port: int, path: str = "/echo") -> dict[str, Any]:
+    """The environ the echo app saw for a GET of `path`."""
+    status, _, body = http_get(host, port, path)
+    assert status == 200, body
+    return json.loads(body)["environ"]
 
 
 class CapturedProcess:

@@ -31,7 +31,7 @@ import pytest
 
 import tapster
 from apps.behaviors import app
-from support import RawConn, has_ipv6_loopback
+from support import RawConn, echo_environ, has_ipv6_loopback, http_get
 from tapster.adjustments import Adjustments
 from tapster.server import MultiSocketServer, TcpWSGIServer, UnixWSGIServer, create_server
 
@@ -56,22 +56,6 @@ def running(server: Any, stop_within: float = 3.0) -> Iterator[Any]:
         assert not thread.is_alive(), "run() did not return after close()"
         elapsed = time.monotonic() - began
         assert elapsed < stop_within, f"run() returned {elapsed:.1f} s after close()"
-
-
-def http_get(host: str, port: int, path: str = "/echo", timeout: float = 5.0) -> tuple[int, http.client.HTTPMessage, bytes]:
-    conn = http.client.HTTPConnection(host, port, timeout=timeout)
-    try:
-        conn.request("GET", path)
-        resp = conn.getresponse()
-        return resp.status, resp.headers, resp.read()
-    finally:
-        conn.close()
-
-
-def echo_environ(host: str, port: int, path: str = "/echo") -> dict[str, Any]:
-    status, _, body = http_get(host, port, path)
-    assert status == 200, body
-    return json.loads(body)["environ"]
 
 
 def unix_get(path: str, target: str = "/echo") -> tuple[int, dict[str, Any] | None, bytes]:

@@ -9,8 +9,6 @@ repeatable --listen, boolean negations, --call, both object-path forms), the
 
 from __future__ import annotations
 
-import http.client
-import json
 import os
 import re
 import signal
@@ -24,7 +22,7 @@ from typing import Callable, Iterator
 
 import pytest
 
-from support import CapturedProcess, RawConn, has_ipv6_loopback
+from support import CapturedProcess, RawConn, echo_environ, has_ipv6_loopback, http_get
 
 TESTS_DIR = Path(__file__).resolve().parent
 SCRIPT = Path(sys.prefix) / "bin" / "tapster"
@@ -129,22 +127,6 @@ def start() -> Iterator[StartFn]:
     yield _start
     for srv in started:
         srv.kill()
-
-
-def http_get(host: str, port: int, path: str = "/echo", timeout: float = 5.0) -> tuple[int, http.client.HTTPMessage, bytes]:
-    conn = http.client.HTTPConnection(host.strip("[]"), port, timeout=timeout)
-    try:
-        conn.request("GET", path)
-        resp = conn.getresponse()
-        return resp.status, resp.headers, resp.read()
-    finally:
-        conn.close()
-
-
-def echo_environ(host: str, port: int, path: str = "/echo") -> dict:
-    status, _, body = http_get(host, port, path)
-    assert status == 200
-    return json.loads(body)["environ"]
 
 
 # --- help, usage errors and exit codes -------------------------------------------------
