@@ -786,13 +786,18 @@ def _with_content_length(view: View, ctx: Context, index: int) -> None:
         view.closed = False
 
 
+def _lengths_where(view: View, ctx: Context, name: str, wanted: Callable[[dict[str, Any]], bool]) -> None:
+    """Every response without a Content-Length that `wanted` picks, as Tapster sends
+    it (see `_with_content_length`); records normalisation `name` for each."""
+    for index, resp in enumerate(view.responses):
+        if _header(resp, "content-length") is None and wanted(resp):
+            _with_content_length(view, ctx, index)
+            ctx.applied.append(name)
+
+
 def _list_content_length(view: View, ctx: Context) -> None:
     """Scenario-declared: the app returned a list/tuple of more than one item."""
-    for index, resp in enumerate(view.responses):
-        if resp["status"] != 200 or _header(resp, "content-length") is not None:
-            continue
-        _with_content_length(view, ctx, index)
-        ctx.applied.append(LIST_CONTENT_LENGTH.name)
+    _lengths_where(view, ctx, LIST_CONTENT_LENGTH.name, lambda resp: resp["status"] == 200)
 
 
 LIST_CONTENT_LENGTH = Normalisation(
@@ -806,13 +811,12 @@ def _empty_body(view: View, ctx: Context) -> None:
     """Scenario-declared: the app_iter produced no bytes at all (and the app set no
     Content-Length): Waitress frames the nothing chunked, Tapster sends
     `Content-Length: 0`."""
-    for index, resp in enumerate(view.responses):
-        if resp["status"] != 200 or _header(resp, "content-length") is not None:
-            continue
-        if resp["body"] != b"" or not resp["complete"]:
-            continue
-        _with_content_length(view, ctx, index)
-        ctx.applied.append(EMPTY_BODY_CL0.name)
+    _lengths_where(
+        view,
+        ctx,
+        EMPTY_BODY_CL0.name,
+        lambda resp: resp["status"] == 200 and resp["body"] == b"" and resp["complete"],
+    )
 
 
 EMPTY_BODY_CL0 = Normalisation(
@@ -830,13 +834,12 @@ def _proxy_error_length(view: View, ctx: Context) -> None:
     through its WSGI path (chunked on HTTP/1.1, up to the close on HTTP/1.0, and the
     connection closed); Tapster sends it with a Content-Length and keeps the
     connection as for any response it knows whole."""
-    for index, resp in enumerate(view.responses):
-        if resp["status"] != 400 or _header(resp, "content-length") is not None:
-            continue
-        if not _PROXY_ERROR.match(resp["body"]):
-            continue
-        _with_content_length(view, ctx, index)
-        ctx.applied.append(PROXY_ERROR_LENGTH.name)
+    _lengths_where(
+        view,
+        ctx,
+        PROXY_ERROR_LENGTH.name,
+        lambda resp: resp["status"] == 400 and _PROXY_ERROR.match(resp["body"]) is not None,
+    )
 
 
 PROXY_ERROR_LENGTH = Normalisation(
