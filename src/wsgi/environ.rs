@@ -7,7 +7,7 @@
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyModule, PyString, PyTuple};
@@ -166,15 +166,22 @@ struct ListenerObjects {
 }
 
 /// The `waitress.client_disconnected` / `tapster.client_disconnected` callable.
+///
+/// It is cached in the connection's `app_data`, so it must not own the connection: a
+/// strong reference would be a cycle (connection -> cache -> check -> connection) that
+/// Python's collector cannot see through the `Arc`, and every connection would leak.
 #[pyclass(module = "tapster._tapster", name = "ClientDisconnectedCheck", frozen)]
 pub struct DisconnectCheck {
-    conn: Arc<ConnInfo>,
+    conn: Weak<ConnInfo>,
 }
 
 #[pymethods]
 impl DisconnectCheck {
+    /// True once the client is gone; a connection that no longer exists is gone too.
     fn __call__(&self) -> bool {
-        self.conn.client_disconnected()
+        self.conn
+            .upgrade()
+            .is_none_or(|conn| conn.client_disconnected())
     }
 }
 
@@ -286,7 +293,12 @@ impl EnvironTemplate {
             Ok(ConnObjects {
                 remote_addr: addr,
                 remote_port: port,
-                disconnected: Py::new(py, DisconnectCheck { conn: conn.clone() })?,
+                disconnected: Py::new(
+                    py,
+                    DisconnectCheck {
+                        conn: Arc::downgrade(conn),
+                    },
+                )?,
             })
         })?;
         cached.ok_or_else(|| {
