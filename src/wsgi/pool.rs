@@ -326,6 +326,23 @@ impl PoolShared {
         }
     }
 
+    /// Drops the requests waiting in the queue: each one's response fails, so nothing
+    /// of it reaches the application. Resumed responses and deferred calls stay: they
+    /// only close what the application returned.
+    fn discard_requests(&self) {
+        let mut state = self.lock();
+        let (requests, rest): (VecDeque<Job>, VecDeque<Job>) = std::mem::take(&mut state.queue)
+            .into_iter()
+            .partition(|job| matches!(job, Job::Request(_)));
+        state.queue = rest;
+        drop(state);
+        for job in requests {
+            if let Job::Request(request) = job {
+                request.responder.fail();
+            }
+        }
+    }
+
     fn shutdown(&self) {
         let mut state = self.lock();
         state.shutdown = true;
@@ -382,7 +399,9 @@ impl Pool {
     }
 
     /// Lets queued jobs finish, then stops the threads; waits up to `timeout` for them.
-    /// Returns the number of threads still busy (stuck in the application).
+    /// Requests still queued at the deadline are dropped unanswered (their connections
+    /// are gone by then). Returns the number of threads still busy (stuck in the
+    /// application).
     pub fn shutdown(self, timeout: Duration) -> usize {
         self.shared.shutdown();
         let deadline = Instant::now() + timeout;
@@ -396,6 +415,9 @@ impl Pool {
             } else {
                 busy += 1;
             }
+        }
+        if busy > 0 {
+            self.shared.discard_requests();
         }
         busy
     }
@@ -440,14 +462,18 @@ fn thread_blocked(tid: i32) -> bool {
 fn run(py: Python<'_>, ctx: &Arc<AppContext>, job: Job) {
     let responder = match &job {
         Job::Request(request) => Some(request.responder.clone()),
-        Job::Resume(exchange) => exchange.responder(py),
+        Job::Resume(exchange) => Some(exchange.responder().clone()),
         Job::Call(_) => None,
     };
-    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match job {
-        Job::Request(request) => ctx.handle_request(py, request),
-        // A parked response continues once its client has drained the output.
-        Job::Resume(exchange) => ctx.drive(py, *exchange),
-        Job::Call(work) => work(py),
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let exit_guard = HangOnThreadExit;
+        match job {
+            Job::Request(request) => ctx.handle_request(py, request),
+            // A parked response continues once its client has drained the output.
+            Job::Resume(exchange) => ctx.drive(py, *exchange),
+            Job::Call(work) => work(py),
+        }
+        std::mem::forget(exit_guard);
     }));
     if outcome.is_err() {
         ctx.loggers.log(
@@ -457,6 +483,29 @@ fn run(py: Python<'_>, ctx: &Arc<AppContext>, job: Job) {
         );
         if let Some(responder) = responder {
             responder.fail();
+        }
+    }
+}
+
+/// Keeps a worker thread that Python ends from reaching `catch_unwind`.
+///
+/// CPython before 3.14 ends a thread that asks for the GIL once the interpreter is
+/// finalizing (a request still running when `run()` returned after its
+/// `shutdown_timeout`, and the program then exited) with `pthread_exit`, a forced
+/// unwind. Caught by `catch_unwind` (ours, or the one around every Rust thread), glibc
+/// aborts the process ("FATAL: exception not rethrown"), with status 134 instead of
+/// the exit status the program chose. This guard's destructor runs during that unwind
+/// and parks the thread for good instead, as Python 3.14 does itself; the process then
+/// exits normally. It is forgotten when the job returns, and lets a Rust panic pass.
+struct HangOnThreadExit;
+
+impl Drop for HangOnThreadExit {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            return;
+        }
+        loop {
+            std::thread::park();
         }
     }
 }

@@ -19,11 +19,11 @@ use super::input::Input;
 use super::log::Loggers;
 use super::pool::{Job, PoolShared};
 use super::start_response::{
-    ClientDisconnected, RequestFacts, ResponseSettings, ResponseState, StartResponse,
+    ClientDisconnected, RequestFacts, ResponseSettings, ResponseState, SendError, StartResponse,
 };
 use crate::http::RequestHead;
 use crate::server::responder::{Delivery, Part};
-use crate::server::{Body, ConnInfo, LogLevel, Request};
+use crate::server::{Body, ConnInfo, LogLevel, Request, Responder};
 
 /// The body pieces sent in one go.
 type Chunks<'py> = smallvec::SmallVec<[Bound<'py, PyBytes>; 4]>;
@@ -69,6 +69,9 @@ enum Source {
 /// One request in progress, possibly parked between chunks.
 pub struct Exchange {
     start: Py<StartResponse>,
+    /// The response's carrier (also in `start`, which an application thread may hold).
+    responder: Arc<Responder>,
+    head_request: bool,
     app_iter: Option<Py<PyAny>>,
     source: Source,
     /// The request head, for log lines.
@@ -76,11 +79,13 @@ pub struct Exchange {
 }
 
 impl Exchange {
-    /// The response's carrier; `None` only while an application thread is inside
-    /// this exchange's `start_response`/`write` (never the case between jobs).
-    pub fn responder(&self, py: Python<'_>) -> Option<Arc<crate::server::Responder>> {
-        let start = self.start.bind(py).try_borrow().ok()?;
-        Some(start.state.responder.clone())
+    pub fn responder(&self) -> &Arc<Responder> {
+        &self.responder
+    }
+
+    /// The response state, or a Python error if an application thread holds it.
+    fn state<'py>(&self, py: Python<'py>) -> PyResult<PyRefMut<'py, StartResponse>> {
+        StartResponse::exclusive(self.start.bind(py))
     }
 }
 
@@ -93,6 +98,20 @@ impl AppContext {
             conn,
             responder,
         } = request;
+        if responder.is_failed() {
+            // The connection is gone (reset while the request waited in the queue, or
+            // dropped at the end of a shutdown): nobody would get the answer, and the
+            // request may not be idempotent.
+            let path = self.template.path_for_log(head.target());
+            self.loggers.log(
+                py,
+                LogLevel::Info,
+                &format!(
+                    "Client disconnected before {path} was started; the application was not called"
+                ),
+            );
+            return;
+        }
         let facts = RequestFacts {
             version: head.version,
             head_request: head.is_head(),
@@ -115,6 +134,8 @@ impl AppContext {
         };
         let mut exchange = Exchange {
             start,
+            responder,
+            head_request: facts.head_request,
             app_iter: None,
             source: Source::Done,
             head,
@@ -186,7 +207,7 @@ impl AppContext {
         exchange: &Exchange,
     ) -> PyResult<Source> {
         if let Ok(wrapper) = result.cast::<FileWrapper>() {
-            let wrapper = wrapper.borrow();
+            let wrapper = wrapper.try_borrow()?;
             if wrapper.is_seekable(py) {
                 return self.file_source(py, &wrapper, exchange);
             }
@@ -223,7 +244,7 @@ impl AppContext {
         let end: u64 = f.call_method0("tell")?.extract()?;
         f.call_method1("seek", (pos,))?;
         let size = end.saturating_sub(pos);
-        let mut start = exchange.start.bind(py).borrow_mut();
+        let mut start = exchange.state(py)?;
         let length = match start.state.content_length {
             Some(declared) if declared < size => declared,
             _ => size,
@@ -257,22 +278,19 @@ impl AppContext {
                 Ok(None) => break,
                 Err(err) => return self.fail(py, exchange, err),
             };
-            let sent = {
-                let mut start = exchange.start.bind(py).borrow_mut();
-                start.state.send(py, &chunks)
+            let sent = exchange.state(py).and_then(|mut start| {
+                start
+                    .state
+                    .send(py, &chunks)
+                    .map_err(SendError::into_pyerr)?;
+                Ok(start.state.head_sent())
+            });
+            let head_sent = match sent {
+                Ok(head_sent) => head_sent,
+                Err(err) => return self.fail(py, exchange, err),
             };
-            if let Err(err) = sent {
-                return self.fail(py, exchange, err.into_pyerr());
-            }
-            let (responder, head_request, head_sent) = {
-                let start = exchange.start.bind(py).borrow();
-                (
-                    start.state.responder.clone(),
-                    start.state.facts.head_request,
-                    start.state.head_sent(),
-                )
-            };
-            if head_request && head_sent {
+            let responder = exchange.responder.clone();
+            if exchange.head_request && head_sent {
                 // A HEAD response has no body: once the head is out, stop iterating.
                 exchange.source = Source::Done;
                 continue;
@@ -286,13 +304,12 @@ impl AppContext {
                 return;
             }
         }
-        let finished = {
-            let mut start = exchange.start.bind(py).borrow_mut();
-            start.state.finish(py)
-        };
+        let finished = exchange
+            .state(py)
+            .and_then(|mut start| start.state.finish(py).map_err(SendError::into_pyerr));
         match finished {
             Ok(()) => self.close(py, &mut exchange),
-            Err(err) => self.fail(py, exchange, err.into_pyerr()),
+            Err(err) => self.fail(py, exchange, err),
         }
     }
 
@@ -303,7 +320,7 @@ impl AppContext {
         py: Python<'py>,
         exchange: &mut Exchange,
     ) -> PyResult<Option<Chunks<'py>>> {
-        if exchange.start.bind(py).borrow().state.responder.is_failed() {
+        if exchange.responder.is_failed() {
             return Err(ClientDisconnected::new_err("client disconnected"));
         }
         match &mut exchange.source {
@@ -325,7 +342,7 @@ impl AppContext {
                     chunks.push(bytes);
                 }
                 exchange.source = Source::Done;
-                let mut start = exchange.start.bind(py).borrow_mut();
+                let mut start = exchange.state(py)?;
                 if !start.state.head_sent() && start.state.content_length.is_none() {
                     start.state.content_length = Some(total);
                 }
@@ -358,7 +375,7 @@ impl AppContext {
                     Some(n) => n.min(*block as u64) as usize,
                     None => *block,
                 };
-                if exchange.start.bind(py).borrow().state.facts.head_request {
+                if exchange.head_request {
                     exchange.source = Source::Done;
                     return Ok(None);
                 }
@@ -389,17 +406,17 @@ impl AppContext {
         else {
             return;
         };
-        let (sent, responder) = {
-            let mut start = exchange.start.bind(py).borrow_mut();
-            let sent = start
+        let sent = exchange.state(py).and_then(|mut start| {
+            start
                 .state
                 .send_file(py, file, offset, len)
-                .and_then(|()| start.state.finish(py));
-            (sent, start.state.responder.clone())
-        };
+                .and_then(|()| start.state.finish(py))
+                .map_err(SendError::into_pyerr)
+        });
         if let Err(err) = sent {
-            return self.fail(py, exchange, err.into_pyerr());
+            return self.fail(py, exchange, err);
         }
+        let responder = exchange.responder.clone();
         let ctx = self.clone();
         responder.on_finished(Box::new(move |delivered| {
             let pool = ctx.pool.clone();
@@ -423,41 +440,34 @@ impl AppContext {
     /// unsent, otherwise cut the connection; then close the app_iter.
     pub fn fail(&self, py: Python<'_>, mut exchange: Exchange, err: PyErr) {
         let path = self.template.path_for_log(exchange.head.target());
-        let gone = err.is_instance_of::<ClientDisconnected>(py)
-            || exchange.start.bind(py).borrow().state.responder.is_failed();
-        if gone {
+        let responder = exchange.responder.clone();
+        if err.is_instance_of::<ClientDisconnected>(py) || responder.is_failed() {
             self.loggers.log(
                 py,
                 LogLevel::Info,
                 &format!("Client disconnected while serving {path}"),
             );
-            exchange.start.bind(py).borrow().state.responder.fail();
+            responder.fail();
         } else {
             self.loggers
                 .exception(py, &format!("Exception while serving {path}"), &err);
-            let page = {
-                let start = exchange.start.bind(py).borrow();
-                if start.state.head_sent() {
-                    None
-                } else {
+            match exchange.state(py) {
+                Ok(start) if !start.state.head_sent() => {
                     let detail = if start.state.settings().expose_tracebacks {
                         format_traceback(py, &err)
                     } else {
                         "The server encountered an unexpected internal server error".to_owned()
                     };
-                    Some((
-                        start.state.error_page(&detail),
-                        start.state.responder.clone(),
-                    ))
-                }
-            };
-            match page {
-                Some((page, responder)) => {
+                    let page = start.state.error_page(&detail);
+                    drop(start);
                     let _ =
                         py.detach(|| responder.send(&[Part::Borrowed(&page)], Delivery::Direct));
                     responder.finish(false);
                 }
-                None => exchange.start.bind(py).borrow().state.abort(),
+                Ok(start) => start.state.abort(),
+                // Another application thread is inside write(): cut the connection,
+                // which also releases that thread.
+                Err(_) => responder.fail(),
             }
         }
         self.close(py, &mut exchange);
@@ -486,9 +496,10 @@ impl AppContext {
                 &format!("Exception while closing the app_iter of {path}"),
                 &err,
             );
-            let start = exchange.start.bind(py).borrow();
-            if !start.state.head_sent() {
-                start.state.responder.finish(false);
+            match exchange.state(py) {
+                Ok(start) if start.state.head_sent() => {}
+                Ok(_) => exchange.responder.finish(false),
+                Err(_) => exchange.responder.fail(),
             }
         }
     }

@@ -666,6 +666,11 @@ pub struct StartResponse {
     pub state: ResponseState,
 }
 
+/// What a thread gets that calls in while another one of the same request is inside
+/// `start_response` or `write()` (which release the GIL while the client catches up).
+const IN_USE: &str = "start_response() or write() of this request is running in another \
+                      thread; one thread at a time may produce a response";
+
 #[pymethods]
 impl StartResponse {
     #[pyo3(signature = (status, headers, exc_info = None))]
@@ -676,16 +681,29 @@ impl StartResponse {
         exc_info: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let py = slf.py();
-        // A second application thread calling in while `write()` waits for the
-        // client (GIL released) finds the state borrowed: an error, not a panic.
-        slf.try_borrow_mut()?
+        StartResponse::exclusive(slf)?
             .state
             .start(py, status, headers, exc_info)?;
         slf.getattr("write")
     }
 
     /// The WSGI `write(data)` callable.
-    fn write(&mut self, py: Python<'_>, data: &Bound<'_, PyAny>) -> PyResult<()> {
+    fn write(slf: &Bound<'_, Self>, data: &Bound<'_, PyAny>) -> PyResult<()> {
+        let py = slf.py();
+        let mut this = StartResponse::exclusive(slf)?;
+        this.write_chunk(py, data)
+    }
+}
+
+impl StartResponse {
+    /// The response state for the calling thread alone; a Python `RuntimeError` (never
+    /// a panic) if another thread of the application is using it.
+    pub fn exclusive<'py>(slf: &Bound<'py, Self>) -> PyResult<PyRefMut<'py, Self>> {
+        slf.try_borrow_mut()
+            .map_err(|_| PyRuntimeError::new_err(IN_USE))
+    }
+
+    fn write_chunk(&mut self, py: Python<'_>, data: &Bound<'_, PyAny>) -> PyResult<()> {
         if !self.state.started() {
             return Err(PyRuntimeError::new_err(
                 "start_response was not called before body written",
