@@ -1147,6 +1147,14 @@ CHUNKED_TWICE_501 = Normalisation("chunked-chunked-501", "`chunked, chunked` acc
 EMPTY_CHUNK_LINE_400 = Normalisation(
     "empty-chunk-size-line-400", "Empty lines where a chunk size is expected are skipped"
 )
+CHUNK_EXT_SKIPPED = Normalisation(
+    "chunk-extensions-skipped",
+    "Chunk extensions must match `;name[=value]` exactly: `5; name` or `5;=v` gets 400",
+)
+HUGE_CHUNK_413 = Normalisation(
+    "huge-chunk-size-413",
+    "A chunk size larger than `max_request_body_size` allows is read, and the 413 comes only when that much data has arrived",
+)
 NON_ASCII_TARGET_400 = Normalisation(
     "non-ascii-target-400", "A non-ASCII request target starting with `//` is accepted"
 )
@@ -1207,6 +1215,8 @@ ALL_NORMALISATIONS = [
     REPEATED_SINGLETON_400,
     CHUNKED_TWICE_501,
     EMPTY_CHUNK_LINE_400,
+    CHUNK_EXT_SKIPPED,
+    HUGE_CHUNK_413,
     NON_ASCII_TARGET_400,
     TARGET_FORMS_400,
     REQUEST_LINE_414,
@@ -1227,6 +1237,8 @@ NOT_COMPARED = {
     "SIGTERM kills the process at once; Ctrl-C stops after the running tasks (5 s)": "process lifecycle: tests/test_cli.py",
     "`python -m waitress` always exits 0": "process lifecycle: tests/test_cli.py",
     '"Task queue depth is N" is logged on every queued request while threads are busy': "a timing-dependent log line",
+    "An application that writes or yields `str` gets a `200` head sent, then the connection closed": "Tapster's 500: tests/test_wsgi.py (non-bytes-list, non-bytes-gen, write-str)",
+    "Memory and temporary files are bounded per connection only (1,000 stalled uploads of 512 KiB pin 512 MB)": "server-wide resource use, not the wire: tests/test_reliability.py",
 }
 
 

@@ -37,8 +37,10 @@ from parity_support import (
     DISCONNECT_NOTICED,
     EARLY_CONTINUE,
     EMPTY_BODY_CL0,
+    CHUNK_EXT_SKIPPED,
     EMPTY_CHUNK_LINE_400,
     EMPTY_IDENT_NO_VIA,
+    HUGE_CHUNK_413,
     EXPECT_NO_BODY,
     HALF_CLOSE,
     HEADER_CASE,
@@ -413,7 +415,7 @@ SCENARIOS = [
     S("bad-te-identity", "defaults", req("/echo", "POST", headers=[("Transfer-Encoding", "identity")])),
     S("bad-chunk-size", "defaults", req("/echo", "POST", headers=[TE]) + b"zz\r\nabc\r\n0\r\n\r\n"),
     S("bad-chunk-size-0x", "defaults", req("/echo", "POST", headers=[TE]) + b"0x3\r\nabc\r\n0\r\n\r\n"),
-    S("bad-chunk-extension", "defaults", req("/echo", "POST", headers=[TE]) + b"3;=bad\r\nabc\r\n0\r\n\r\n"),
+    S("bad-chunk-extension", "defaults", req("/echo", "POST", headers=[TE]) + b"3;a\x01\r\nabc\r\n0\r\n\r\n"),
     S("bad-chunk-not-terminated", "defaults", req("/echo", "POST", headers=[TE]) + b"3\r\nabcX\r\n0\r\n\r\n"),
     S("bad-non-ascii-target", "defaults", b"GET /caf\xe9 HTTP/1.1\r\nHost: h\r\n\r\n"),
     S("bad-non-ascii-target-http10", "defaults", b"GET /caf\xe9 HTTP/1.0\r\nHost: h\r\n\r\n"),
@@ -708,6 +710,30 @@ def test_expect_100_without_body(pool: PairPool) -> None:
     assert t.interim == [[], [0]] and not t.closed, t
     data = json.loads(t.responses[0].body)
     assert data["environ"]["HTTP_EXPECT"] == "100-continue"
+
+
+@pytest.mark.parametrize("extension", [b"; name", b";=v", b"; a; b=c", b';a = "q"'])
+def test_chunk_extensions_are_skipped(pool: PairPool, extension: bytes) -> None:
+    """README: Waitress answers 400 to extensions outside `;name[=value]`; Tapster skips
+    any extension without control characters and serves the request."""
+    pair = pool.get("strict")
+    raw = req("/echo", "POST", headers=[TE]) + b"3" + extension + b"\r\nabc\r\n0\r\n\r\n"
+    w, t = run_both(pair, script(raw))
+    assert w.responses and w.responses[0].status == 400, (CHUNK_EXT_SKIPPED.name, w)
+    assert t.responses and t.responses[0].status == 200, (CHUNK_EXT_SKIPPED.name, t)
+    assert json.loads(t.responses[0].body)["body"] == "abc"
+
+
+def test_huge_chunk_size_is_refused_at_once(pool: PairPool) -> None:
+    """README: a 1 TB chunk size gets 413 from Tapster as soon as the size line is read;
+    Waitress waits for the data."""
+    pair = pool.get("strict")
+    raw = req("/echo", "POST", headers=[TE]) + b"E8D4A51000\r\n"
+    steps: list[Step] = [Send(raw), ReadFinal(False, raw, wait=1.5)]
+    w, t = run_both(pair, steps)
+    assert (w.responses, w.closed) == ([], False), (HUGE_CHUNK_413.name, w)
+    assert len(t.responses) == 1 and t.responses[0].status == 413, (HUGE_CHUNK_413.name, t)
+    assert t.closed
 
 
 def test_disconnect_noticed_without_lookahead(pool: PairPool) -> None:
