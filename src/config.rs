@@ -25,6 +25,15 @@ pub struct Config {
     pub outbuf_overflow: usize,
     /// Pending response bytes above which the application is paused.
     pub outbuf_high_watermark: usize,
+    /// Request-body bytes all connections together may hold in memory; past it,
+    /// bodies are received into temporary files.
+    pub inbuf_memory_budget: u64,
+    /// Queued response bytes all connections together may hold in memory; past it,
+    /// queued output goes to temporary files.
+    pub outbuf_memory_budget: u64,
+    /// Queued response bytes all connections together may hold in temporary files;
+    /// past it, a producer whose output is spilled is paused until it drains.
+    pub outbuf_spill_budget: u64,
     /// Idle (no request in progress, nothing read or written) connections close after this.
     pub channel_timeout: Duration,
     /// A request head must arrive completely within this time of its first byte.
@@ -54,6 +63,9 @@ impl Default for Config {
             inbuf_overflow: 524_288,
             outbuf_overflow: 1_048_576,
             outbuf_high_watermark: 16_777_216,
+            inbuf_memory_budget: 64 << 20,
+            outbuf_memory_budget: 64 << 20,
+            outbuf_spill_budget: 1 << 30,
             channel_timeout: Duration::from_secs(120),
             header_timeout: Duration::from_secs(30),
             min_body_rate: 1024,
@@ -88,8 +100,16 @@ impl Config {
                 return Err(format!("{name} must be a positive integer"));
             }
         }
-        if self.max_request_body_size == 0 {
-            return Err("max_request_body_size must be a positive integer".into());
+        let positive_u64: [(&str, u64); 4] = [
+            ("max_request_body_size", self.max_request_body_size),
+            ("inbuf_memory_budget", self.inbuf_memory_budget),
+            ("outbuf_memory_budget", self.outbuf_memory_budget),
+            ("outbuf_spill_budget", self.outbuf_spill_budget),
+        ];
+        for (name, value) in positive_u64 {
+            if value == 0 {
+                return Err(format!("{name} must be a positive integer"));
+            }
         }
         if self.channel_timeout.is_zero() {
             return Err("channel_timeout must be positive".into());

@@ -142,6 +142,9 @@ PARAMS: tuple[tuple[str, Callable[[Any], Any]], ...] = (
     ("max_request_line_size", int),
     ("max_request_headers", int),
     ("shutdown_timeout", aspositive_float),
+    ("inbuf_memory_budget", int),
+    ("outbuf_memory_budget", int),
+    ("outbuf_spill_budget", int),
 )
 
 #: Options that only configured Waitress's asyncore loop; accepted and ignored.
@@ -202,6 +205,13 @@ HELP: dict[str, str] = {
     "max_request_headers": "Tapster: most header fields in a request (431 beyond).",
     "shutdown_timeout": "Tapster: seconds a graceful shutdown waits for requests in "
     "progress.",
+    "inbuf_memory_budget": "Tapster: request-body bytes all connections together may "
+    "hold in memory; past it, bodies are received into temporary files.",
+    "outbuf_memory_budget": "Tapster: queued response bytes all connections together "
+    "may hold in memory; past it, queued output goes to temporary files.",
+    "outbuf_spill_budget": "Tapster: queued response bytes all connections together may "
+    "hold in temporary files; past it, an application whose client lags is paused until "
+    "that client catches up.",
 }
 
 
@@ -249,6 +259,9 @@ class Adjustments:
     max_request_line_size = 65536
     max_request_headers = 100
     shutdown_timeout = 5.0
+    inbuf_memory_budget = 67108864
+    outbuf_memory_budget = 67108864
+    outbuf_spill_budget = 1073741824
 
     def __init__(self, **kw: Any) -> None:
         if "listen" in kw and ("host" in kw or "port" in kw):

@@ -15,6 +15,7 @@ use tokio::sync::futures::OwnedNotified;
 use tokio::sync::Notify;
 use tokio::time::{sleep_until, timeout_at, Sleep};
 
+use super::budget::Budgets;
 use super::responder::{Responder, Step};
 use super::socket::{Conn, ReadBuf};
 use super::spool::{Body, BodySpool};
@@ -33,6 +34,8 @@ pub struct Shared {
     /// Notified once when the server starts shutting down (`closing` is set first).
     pub shutdown: Arc<Notify>,
     pub closing: Arc<AtomicBool>,
+    /// What all connections together may hold in memory and temporary files.
+    pub budgets: Arc<Budgets>,
 }
 
 /// A connection's read buffer starts this small (most request heads fit) and grows to
@@ -169,6 +172,7 @@ impl Session {
             let responder = Arc::new(Responder::new(
                 self.conn.clone(),
                 self.shared.config.output_limits(),
+                self.shared.budgets.clone(),
             ));
             self.shared.dispatcher.dispatch(Request {
                 head,
@@ -252,10 +256,14 @@ impl Session {
         let Some(mut decoder) = BodyDecoder::new(head.framing, config.max_request_body_size) else {
             return Ok(Body::Empty);
         };
-        let mut spool = BodySpool::new(config.inbuf_overflow, decoder.remaining_hint());
+        let mut spool = BodySpool::new(
+            config.inbuf_overflow,
+            decoder.remaining_hint(),
+            &self.shared.budgets,
+        );
         self.decode_buffered(&mut decoder, &mut spool)?;
         if !decoder.is_done() && head.expect_continue {
-            if let Err(err) = self.conn.send_all(CONTINUE).await {
+            if let Err(err) = self.send_page(CONTINUE).await {
                 self.socket_error("sending 100 Continue", &err);
                 return Err(BodyFailure::Closed);
             }
@@ -348,10 +356,10 @@ impl Session {
             })
             .map_err(BodyFailure::Protocol)?;
         self.rbuf.advance(progress.consumed);
-        match storage_error {
-            Some(err) => Err(BodyFailure::Storage(err)),
-            None => Ok(()),
+        if let Some(err) = storage_error {
+            return Err(BodyFailure::Storage(err));
         }
+        spool.end_batch().map_err(BodyFailure::Storage)
     }
 
     /// Reads more bytes into the buffer. `idle`: no request is in progress, so
@@ -473,23 +481,15 @@ impl Session {
                 }
             };
             match step {
-                Step::Write(batch) => {
-                    let write = responder.write_batch(batch);
-                    match tokio::time::timeout(stall, write).await {
-                        Ok(Ok(())) => self.activity += 1,
-                        Ok(Err(err)) => {
-                            self.info.set_disconnected();
-                            self.socket_error("writing a response", &err);
-                            responder.fail();
-                            return None;
-                        }
-                        Err(_elapsed) => {
-                            self.info.set_disconnected();
-                            responder.fail();
-                            return None;
-                        }
+                Step::Write(batch) => match responder.write_batch(batch, stall).await {
+                    Ok(()) => self.activity += 1,
+                    Err(err) => {
+                        self.info.set_disconnected();
+                        self.socket_error("writing a response", &err);
+                        responder.fail();
+                        return None;
                     }
-                }
+                },
                 Step::Done { keep_alive } => return Some(keep_alive),
                 Step::Failed => {
                     self.info.set_disconnected();

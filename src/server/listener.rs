@@ -13,6 +13,7 @@ use tokio::io::unix::AsyncFd;
 use tokio::runtime::Runtime;
 use tokio::sync::{Notify, Semaphore};
 
+use super::budget::Budgets;
 use super::connection::{self, Shared};
 use super::socket::{register, Conn};
 use super::{ConnInfo, Dispatcher, EventLog, LogLevel, Peer};
@@ -99,6 +100,11 @@ pub fn start(
     let limit = Arc::new(Semaphore::new(config.connection_limit));
     let shared = Arc::new(Shared {
         head_limits: config.head_limits(),
+        budgets: Budgets::new(
+            config.inbuf_memory_budget,
+            config.outbuf_memory_budget,
+            config.outbuf_spill_budget,
+        ),
         config,
         dispatcher,
         log,

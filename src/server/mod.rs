@@ -6,6 +6,7 @@
 //! `Dispatcher` trait; its response comes back through a `Responder`; log lines go out
 //! through the `EventLog` trait.
 
+pub mod budget;
 pub mod connection;
 pub mod listener;
 pub mod responder;

@@ -20,10 +20,12 @@ use std::io::{self, IoSlice};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::task::{Poll, Waker};
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use smallvec::SmallVec;
 
+use super::budget::Budgets;
 use super::socket::Conn;
 use super::spool::SpillFile;
 
@@ -123,7 +125,11 @@ struct Inner {
 
 impl Inner {
     fn pending(&self) -> u64 {
-        self.mem_bytes as u64 + self.spill.as_ref().map_or(0, SpillFile::pending)
+        self.mem_bytes as u64 + self.spilled()
+    }
+
+    fn spilled(&self) -> u64 {
+        self.spill.as_ref().map_or(0, SpillFile::pending)
     }
 
     fn complete(&self) -> bool {
@@ -135,6 +141,8 @@ impl Inner {
 pub struct Responder {
     conn: Arc<Conn>,
     limits: OutputLimits,
+    /// The server-wide memory and temporary-file budgets for queued output.
+    budgets: Arc<Budgets>,
     inner: Mutex<Inner>,
     room: Condvar,
 }
@@ -160,10 +168,11 @@ const BATCH_BYTES: usize = 1 << 20;
 const SPILL_READ: usize = 256 * 1024;
 
 impl Responder {
-    pub fn new(conn: Arc<Conn>, limits: OutputLimits) -> Responder {
+    pub fn new(conn: Arc<Conn>, limits: OutputLimits, budgets: Arc<Budgets>) -> Responder {
         Responder {
             conn,
             limits,
+            budgets,
             inner: Mutex::new(Inner {
                 queue: VecDeque::new(),
                 mem_bytes: 0,
@@ -256,40 +265,63 @@ impl Responder {
         if data.is_empty() {
             return Ok(());
         }
-        if inner.mem_bytes + data.len() > self.limits.overflow {
-            return self.enqueue(inner, Bytes::copy_from_slice(data));
+        if !self.take_memory(inner, data.len()) {
+            return self.spill(inner, data);
         }
         if let Some(Chunk::Gathered(buf)) = inner.queue.back_mut() {
             if buf.len() + data.len() <= GATHER_MAX {
                 buf.extend_from_slice(data);
-                inner.mem_bytes += data.len();
                 return Ok(());
             }
         }
         if data.len() > GATHER_MAX / 2 {
-            return self.enqueue(inner, Bytes::copy_from_slice(data));
+            inner
+                .queue
+                .push_back(Chunk::Bytes(Bytes::copy_from_slice(data)));
+            return Ok(());
         }
         let mut buf = BytesMut::with_capacity(GATHER_MAX.min(data.len().max(GATHER_START)));
         buf.extend_from_slice(data);
-        inner.mem_bytes += data.len();
         inner.queue.push_back(Chunk::Gathered(buf));
         Ok(())
     }
 
     fn enqueue(&self, inner: &mut Inner, data: Bytes) -> io::Result<()> {
-        if inner.mem_bytes + data.len() > self.limits.overflow {
-            let spill = match inner.spill.as_mut() {
-                Some(s) => s,
-                None => inner.spill.insert(SpillFile::new()?),
-            };
-            spill.append(&data)?;
-            match inner.queue.back_mut() {
-                Some(Chunk::Spilled(n)) => *n += data.len() as u64,
-                _ => inner.queue.push_back(Chunk::Spilled(data.len() as u64)),
-            }
-        } else {
-            inner.mem_bytes += data.len();
-            inner.queue.push_back(Chunk::Bytes(data));
+        if !self.take_memory(inner, data.len()) {
+            return self.spill(inner, &data);
+        }
+        inner.queue.push_back(Chunk::Bytes(data));
+        Ok(())
+    }
+
+    /// Counts `n` more queued bytes as in memory, if this response stays under
+    /// `overflow` with them and the server's memory budget has room.
+    fn take_memory(&self, inner: &mut Inner, n: usize) -> bool {
+        let fits = inner.mem_bytes + n <= self.limits.overflow
+            && self.budgets.outbuf_memory.try_take(n as u64);
+        if fits {
+            inner.mem_bytes += n;
+        }
+        fits
+    }
+
+    /// Gives back memory counted by `take_memory` (or read back from the spill file).
+    fn release_memory(&self, inner: &mut Inner, n: usize) {
+        let n = n.min(inner.mem_bytes);
+        inner.mem_bytes -= n;
+        self.budgets.outbuf_memory.give(n as u64);
+    }
+
+    /// Appends `data` to the spill file, behind whatever is queued.
+    fn spill(&self, inner: &mut Inner, data: &[u8]) -> io::Result<()> {
+        let spill = match inner.spill.as_mut() {
+            Some(s) => s,
+            None => inner.spill.insert(SpillFile::new(&self.budgets)?),
+        };
+        spill.append(data)?;
+        match inner.queue.back_mut() {
+            Some(Chunk::Spilled(n)) => *n += data.len() as u64,
+            _ => inner.queue.push_back(Chunk::Spilled(data.len() as u64)),
         }
         Ok(())
     }
@@ -338,15 +370,23 @@ impl Responder {
         }
     }
 
-    /// More than `high_watermark` bytes wait for the client.
+    /// The producer must stop: more than `high_watermark` bytes wait for the client,
+    /// or some of them are in a temporary file while the server's budget for those is
+    /// used up.
     pub fn over_watermark(&self) -> bool {
-        self.lock().pending() > self.limits.high_watermark as u64
+        self.must_pause(&self.lock(), self.limits.high_watermark as u64)
     }
 
-    /// Blocks until the output drains below the high watermark. Call without the GIL.
+    /// Whether a producer must wait, with `mark` as this response's own limit.
+    fn must_pause(&self, inner: &Inner, mark: u64) -> bool {
+        inner.pending() > mark || (inner.spilled() > 0 && self.budgets.outbuf_spill.exhausted())
+    }
+
+    /// Blocks until the output drains below the high watermark (and out of the spill
+    /// file, while the spill budget is used up). Call without the GIL.
     pub fn wait_for_room(&self) -> Result<(), ClientGone> {
         let mut inner = self.lock();
-        while !inner.failed && inner.pending() > self.limits.high_watermark as u64 {
+        while !inner.failed && self.must_pause(&inner, self.limits.high_watermark as u64) {
             inner = self.room.wait(inner).unwrap_or_else(|e| e.into_inner());
         }
         if inner.failed {
@@ -356,12 +396,13 @@ impl Responder {
         }
     }
 
-    /// Runs `resume` once the output has drained to half the high watermark, or the
-    /// client is gone (check `is_failed`), whichever comes first. Runs it at once if
-    /// that is already the case.
+    /// Runs `resume` once the output has drained to half the high watermark (and out
+    /// of the spill file, while the spill budget is used up), or the client is gone
+    /// (check `is_failed`), whichever comes first. Runs it at once if that is already
+    /// the case.
     pub fn on_drain(&self, resume: Callback) {
         let mut inner = self.lock();
-        if inner.failed || inner.pending() <= self.limits.high_watermark as u64 / 2 {
+        if inner.failed || !self.must_pause(&inner, self.limits.high_watermark as u64 / 2) {
             drop(inner);
             resume();
         } else {
@@ -466,6 +507,7 @@ impl Responder {
                     }
                     // Read-back bytes count as in memory until written.
                     inner.mem_bytes += data.len();
+                    self.budgets.outbuf_memory.take(data.len() as u64);
                     batch.push(Chunk::Bytes(data));
                     break;
                 }
@@ -486,15 +528,15 @@ impl Responder {
     pub fn batch_written(&self, batch_bytes: usize) {
         let mut inner = self.lock();
         inner.writer = Writer::Idle;
-        inner.mem_bytes = inner.mem_bytes.saturating_sub(batch_bytes);
-        let pending = inner.pending();
-        if pending <= self.limits.high_watermark as u64 {
+        self.release_memory(&mut inner, batch_bytes);
+        let mark = self.limits.high_watermark as u64;
+        if !self.must_pause(&inner, mark) {
             self.room.notify_all();
         }
-        let resume = if pending <= self.limits.high_watermark as u64 / 2 {
-            inner.on_drain.take()
-        } else {
+        let resume = if self.must_pause(&inner, mark / 2) {
             None
+        } else {
+            inner.on_drain.take()
         };
         let finished = if inner.complete() {
             inner.on_finished.take()
@@ -523,7 +565,8 @@ impl Responder {
         }
         inner.failed = true;
         inner.queue.clear();
-        inner.mem_bytes = 0;
+        let queued = inner.mem_bytes;
+        self.release_memory(&mut inner, queued);
         inner.spill = None;
         let waker = inner.waker.take();
         let resume = inner.on_drain.take();
@@ -541,8 +584,11 @@ impl Responder {
         }
     }
 
-    /// Writes one batch to the socket (connection task only).
-    pub async fn write_batch(&self, batch: Vec<Chunk>) -> io::Result<()> {
+    /// Writes one batch to the socket (connection task only). `stall` bounds each wait
+    /// for the socket, not the batch: the deadline moves whenever bytes move, so a
+    /// client that keeps reading, however slowly, is never cut, and one that stops
+    /// reading for `stall` fails with `TimedOut`.
+    pub async fn write_batch(&self, batch: Vec<Chunk>, stall: Duration) -> io::Result<()> {
         let mut bytes_total = 0usize;
         let mut bufs: Vec<Bytes> = Vec::with_capacity(batch.len());
         for chunk in batch {
@@ -552,24 +598,24 @@ impl Responder {
                     bufs.push(b);
                 }
                 Chunk::File(segment) => {
-                    self.write_bytes(&mut bufs).await?;
-                    send_file_segment(&self.conn, &segment).await?;
+                    self.write_bytes(&mut bufs, stall).await?;
+                    send_file_segment(&self.conn, &segment, stall).await?;
                 }
                 Chunk::Spilled(_) | Chunk::Gathered(_) => {
                     return Err(io::Error::other("unexpected chunk in a batch"))
                 }
             }
         }
-        self.write_bytes(&mut bufs).await?;
+        self.write_bytes(&mut bufs, stall).await?;
         self.batch_written(bytes_total);
         Ok(())
     }
 
-    async fn write_bytes(&self, bufs: &mut Vec<Bytes>) -> io::Result<()> {
+    async fn write_bytes(&self, bufs: &mut Vec<Bytes>, stall: Duration) -> io::Result<()> {
         let mut first = 0;
         while first < bufs.len() {
             let slices: Vec<IoSlice<'_>> = bufs[first..].iter().map(|b| IoSlice::new(b)).collect();
-            let mut n = self.conn.send(&slices).await?;
+            let mut n = progress_within(stall, self.conn.send(&slices)).await?;
             if n == 0 {
                 return Err(io::ErrorKind::WriteZero.into());
             }
@@ -589,6 +635,32 @@ impl Responder {
     }
 }
 
+/// Runs one socket operation that returns as soon as any bytes move, failing with
+/// `TimedOut` if none have after `stall`. (The timer is armed only if the operation
+/// has to wait: a socket with room costs one clock read.)
+async fn progress_within<T>(
+    stall: Duration,
+    operation: impl std::future::Future<Output = io::Result<T>>,
+) -> io::Result<T> {
+    match tokio::time::timeout(stall, operation).await {
+        Ok(result) => result,
+        Err(_elapsed) => Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "the client read nothing for channel_timeout",
+        )),
+    }
+}
+
+impl Drop for Responder {
+    fn drop(&mut self) {
+        // A response dropped with output still queued (its connection gone without a
+        // `fail`) gives its memory back; the spill file does so itself.
+        let inner = self.inner.get_mut().unwrap_or_else(|e| e.into_inner());
+        let queued = std::mem::take(&mut inner.mem_bytes);
+        self.budgets.outbuf_memory.give(queued as u64);
+    }
+}
+
 /// Responses whose body went out with `sendfile(2)`, and the bytes sent that way
 /// (process-wide; exposed to Python as `tapster._tapster.stats()`).
 pub static SENDFILE_RESPONSES: AtomicU64 = AtomicU64::new(0);
@@ -596,14 +668,14 @@ pub static SENDFILE_BYTES: AtomicU64 = AtomicU64::new(0);
 
 /// Sends a whole file segment; a file that ends early is an error (the connection must
 /// be cut, since the promised length can no longer be honoured).
-async fn send_file_segment(conn: &Conn, segment: &FileSegment) -> io::Result<()> {
+async fn send_file_segment(conn: &Conn, segment: &FileSegment, stall: Duration) -> io::Result<()> {
     use std::os::fd::AsRawFd;
     const MAX_SENDFILE: u64 = 1 << 30;
     let fd = segment.file.as_raw_fd();
     let mut sent = 0u64;
     while sent < segment.len {
         let want = (segment.len - sent).min(MAX_SENDFILE) as usize;
-        let n = conn.sendfile(fd, segment.offset + sent, want).await?;
+        let n = progress_within(stall, conn.sendfile(fd, segment.offset + sent, want)).await?;
         if n == 0 {
             return Err(io::Error::new(
                 io::ErrorKind::UnexpectedEof,
