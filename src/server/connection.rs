@@ -274,10 +274,20 @@ impl Session {
             if self.rbuf.is_empty() && self.read_direct(&mut decoder, &mut spool, deadline).await? {
                 continue;
             }
+            if self.rbuf.is_empty() {
+                // Body bytes are read in large pieces; between them (a client that
+                // stalls) the connection keeps no read buffer at all.
+                self.rbuf = BytesMut::new();
+            }
             match self.read_more(BODY_READ, false, deadline).await {
                 Ok(_) => self.decode_buffered(&mut decoder, &mut spool)?,
                 Err(stop) => return Err(self.body_read_failed(stop)),
             }
+        }
+        let initial = INITIAL_READ_BUFFER.min(self.shared.config.recv_bytes);
+        if self.rbuf.is_empty() && (self.rbuf.capacity() == 0 || self.rbuf.capacity() > initial) {
+            // Back to the small buffer of a connection between requests.
+            self.rbuf = BytesMut::with_capacity(initial);
         }
         spool.finish().map_err(BodyFailure::Storage)
     }

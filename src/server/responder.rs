@@ -164,8 +164,11 @@ pub enum Delivery {
 const BATCH_CHUNKS: usize = 64;
 /// Most bytes a consumer takes in one batch (so progress is reported as it goes).
 const BATCH_BYTES: usize = 1 << 20;
-/// Bytes read back from the spill file at a time.
+/// Bytes read back from the spill file at a time...
 const SPILL_READ: usize = 256 * 1024;
+/// ...or, when the server's memory budget for output is used up, this many (a
+/// thousand stalled readers then hold 16 MiB of read-back bytes, not 256 MiB).
+const SPILL_READ_TIGHT: usize = 16 * 1024;
 
 impl Responder {
     pub fn new(conn: Arc<Conn>, limits: OutputLimits, budgets: Arc<Budgets>) -> Responder {
@@ -498,16 +501,23 @@ impl Responder {
                         .spill
                         .as_mut()
                         .ok_or_else(|| io::Error::other("spill file missing"))?;
-                    let want = usize::try_from(n).unwrap_or(usize::MAX).min(SPILL_READ);
-                    let data = spill.read_front(want)?;
+                    // Read-back bytes count as in memory until written: a full-size read
+                    // only while the memory budget has room for it.
+                    let mut want = usize::try_from(n).unwrap_or(usize::MAX).min(SPILL_READ);
+                    if !self.budgets.outbuf_memory.try_take(want as u64) {
+                        want = want.min(SPILL_READ_TIGHT);
+                        self.budgets.outbuf_memory.take(want as u64);
+                    }
+                    let data = spill.read_front(want);
+                    let got = data.as_ref().map_or(0, Bytes::len);
+                    self.budgets.outbuf_memory.give((want - got) as u64);
+                    let data = data?;
                     if (data.len() as u64) < n {
                         inner
                             .queue
                             .push_front(Chunk::Spilled(n - data.len() as u64));
                     }
-                    // Read-back bytes count as in memory until written.
                     inner.mem_bytes += data.len();
-                    self.budgets.outbuf_memory.take(data.len() as u64);
                     batch.push(Chunk::Bytes(data));
                     break;
                 }

@@ -96,9 +96,11 @@ impl Conn {
         buf: &mut impl ReadBuf,
         max: usize,
     ) -> Poll<io::Result<usize>> {
-        buf.reserve_for(max);
         loop {
             let mut guard = ready!(self.io.poll_read_ready(cx))?;
+            // Room is made only once there is something to read: a connection waiting
+            // for a slow client holds no more buffer than it already had.
+            buf.reserve_for(max);
             let spare = &mut buf.spare()[..max];
             let want = spare.len();
             match guard.try_io(|io| io.get_ref().recv(spare)) {
