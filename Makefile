@@ -7,7 +7,7 @@ APP    ?= tapster.demo:app
 LISTEN ?= 127.0.0.1:8080
 ARGS   ?=
 
-.PHONY: serve test build rust-test py-test lint bench fuzz clean
+.PHONY: serve test soak build rust-test py-test lint bench fuzz clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,11 @@ py-test: $(VENV)/.test-deps
 	./scripts/ensure-packages curl
 	$(MAKE) build
 	$(PY) -m pytest -q tests
+
+## soak: a few minutes of mixed traffic with memory and descriptors sampled (CI runs it)
+soak: $(VENV)/.test-deps
+	$(MAKE) build
+	$(PY) -m pytest -q -s soak
 
 ## lint: formatting, clippy and mypy, as CI expects them
 lint: $(VENV)/.test-deps
