@@ -21,26 +21,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(os.path.dirname(HERE), "tests"))
 
-from support import ServerProcess  # noqa: E402
-
-
-def rss_kib(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise RuntimeError("no VmRSS")
-
-
-def temp_file_bytes(pid: int) -> int:
-    total = 0
-    for fd in os.listdir(f"/proc/{pid}/fd"):
-        try:
-            if "(deleted)" in os.readlink(f"/proc/{pid}/fd/{fd}"):
-                total += os.stat(f"/proc/{pid}/fd/{fd}").st_size
-        except OSError:
-            continue
-    return total
+from support import ServerProcess, deleted_file_bytes, rss_kib  # noqa: E402
 
 
 def settle(pid: int, seconds: float = 3.0) -> int:
@@ -82,7 +63,7 @@ def measure(kind: str, n: int) -> tuple[str, int, int]:
         else:
             clients = open_clients(srv.address, n, b"GET /stream?n=100&size=1048576 HTTP/1.1\r\nHost: m\r\n\r\n", 16384)
         after = settle(pid, 6.0)
-        files = temp_file_bytes(pid)
+        files = deleted_file_bytes(pid)
         for c in clients:
             c.close()
         return kind, (after - before) * 1024, files

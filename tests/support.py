@@ -42,6 +42,33 @@ def has_ipv6_loopback() -> bool:
         return False
 
 
+def rss_kib(pid: int) -> int:
+    """The resident memory of process `pid`, in KiB."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+def fd_count(pid: int) -> int:
+    """How many descriptors process `pid` has open."""
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def deleted_file_bytes(pid: int) -> int:
+    """Total size of the files process `pid` holds open that have no name any more
+    (its temporary files)."""
+    total = 0
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            if "(deleted)" in os.readlink(f"/proc/{pid}/fd/{fd}"):
+                total += os.stat(f"/proc/{pid}/fd/{fd}").st_size
+        except OSError:
+            continue  # closed meanwhile
+    return total
+
+
 def http_get(host: str, port: int, path: str = "/echo", timeout: float = 5.0) -> tuple[int, http.client.HTTPMessage, bytes]:
     """A GET with http.client; `host` may be a bracketed IPv6 address."""
     conn = http.client.HTTPConnection(host.strip("[]"), port, timeout=timeout)

@@ -8,7 +8,7 @@ import socket
 import struct
 import time
 
-from support import ServerProcess, exchange
+from support import ServerProcess, exchange, rss_kib
 
 
 def get(path: str) -> bytes:
@@ -19,14 +19,6 @@ def served_quickly(srv: ServerProcess, within: float = 1.0) -> bool:
     started = time.monotonic()
     resp, _ = exchange(srv, get("/list"))
     return resp.status == 200 and time.monotonic() - started < within
-
-
-def rss_kib(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise AssertionError("no VmRSS")
 
 
 def test_head_deadline_gives_408(make_server) -> None:

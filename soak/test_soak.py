@@ -1,0 +1,219 @@
+"""A bounded soak: a few minutes of mixed traffic against one server, with its memory
+(RSS) and open descriptors sampled. After a warm-up both must stay flat, and the
+descriptors must come back to where they started once the clients stop.
+
+The mix: keep-alive clients, one-request connections, uploads large enough to spill to
+a temporary file, chunked streams, wsgi.file_wrapper downloads (sendfile), and clients
+that disconnect in the middle of a stream or a file, some with a reset.
+
+`SOAK_SECONDS` sets the length (default 150); `make soak` runs it."""
+
+from __future__ import annotations
+
+import os
+import random
+import socket
+import struct
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(os.path.dirname(HERE), "tests"))
+
+from support import ServerProcess, fd_count, rss_kib  # noqa: E402
+
+DURATION = float(os.environ.get("SOAK_SECONDS", "150"))
+WARM_UP = min(30.0, DURATION / 4)
+SAMPLE_EVERY = 2.0
+CLIENTS = 6
+#: After the warm-up, RSS may not rise by more than this (allocator noise, caches)...
+RSS_SLACK_KIB = 6 * 1024
+#: ...nor trend upwards by more than this over the measured period (least squares).
+TREND_SLACK_KIB = 3 * 1024
+UPLOAD = b"u" * (600 << 10)  # over inbuf_overflow (512 KiB): spills to a file
+
+
+@dataclass
+class Tally:
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    counts: dict[str, int] = field(default_factory=dict)
+    failures: list[str] = field(default_factory=list)
+
+    def ok(self, kind: str) -> None:
+        with self.lock:
+            self.counts[kind] = self.counts.get(kind, 0) + 1
+
+    def fail(self, kind: str, err: object) -> None:
+        with self.lock:
+            self.failures.append(f"{kind}: {err!r}")
+
+
+def read_response(sock: socket.socket, buf: bytearray) -> tuple[int, int]:
+    """Reads one response (Content-Length, chunked, or to EOF); returns (status, body
+    bytes) and leaves what follows in `buf`."""
+
+    def fill() -> None:
+        data = sock.recv(262144)
+        if not data:
+            raise ConnectionError("closed mid-response")
+        buf.extend(data)
+
+    while b"\r\n\r\n" not in buf:
+        fill()
+    end = buf.index(b"\r\n\r\n")
+    head = bytes(buf[:end]).decode("latin-1").split("\r\n")
+    del buf[: end + 4]
+    status = int(head[0].split(" ")[1])
+    headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in head[1:])}
+    if "content-length" in headers:
+        want = int(headers["content-length"])
+        while len(buf) < want:
+            fill()
+        del buf[:want]
+        return status, want
+    if headers.get("transfer-encoding", "").lower() == "chunked":
+        total = 0
+        while True:
+            while b"\r\n" not in buf:
+                fill()
+            line_end = buf.index(b"\r\n")
+            size = int(bytes(buf[:line_end]).split(b";")[0], 16)
+            del buf[: line_end + 2]
+            while len(buf) < size + 2:
+                fill()
+            del buf[: size + 2]
+            if size == 0:
+                return status, total
+            total += size
+    total = len(buf)
+    buf.clear()
+    while True:
+        data = sock.recv(262144)
+        if not data:
+            return status, total
+        total += len(data)
+
+
+def request(path: str, method: str = "GET", body: bytes = b"", close: bool = False) -> bytes:
+    head = f"{method} {path} HTTP/1.1\r\nHost: soak\r\n"
+    if body:
+        head += f"Content-Length: {len(body)}\r\n"
+    if close:
+        head += "Connection: close\r\n"
+    return head.encode() + b"\r\n" + body
+
+
+def one(address: tuple[str, int], raw: bytes, expect_bytes: int | None = None) -> None:
+    with socket.create_connection(address, timeout=10) as s:
+        s.sendall(raw)
+        status, size = read_response(s, bytearray())
+        assert status == 200, status
+        if expect_bytes is not None:
+            assert size == expect_bytes, (size, expect_bytes)
+
+
+def keep_alive(address: tuple[str, int]) -> None:
+    with socket.create_connection(address, timeout=10) as s:
+        buf = bytearray()
+        for _ in range(100):
+            s.sendall(request("/list"))
+            status, _ = read_response(s, buf)
+            assert status == 200, status
+
+
+def walk_away(address: tuple[str, int], path: str, reset: bool) -> None:
+    s = socket.create_connection(address, timeout=10)
+    try:
+        s.sendall(request(path))
+        got = 0
+        while got < 100_000:
+            data = s.recv(65536)
+            if not data:
+                break
+            got += len(data)
+        if reset:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    finally:
+        s.close()
+
+
+def client(address: tuple[str, int], seed: int, stop: threading.Event, tally: Tally) -> None:
+    rnd = random.Random(seed)
+    actions = {
+        "keep-alive": lambda: keep_alive(address),
+        "one-shot": lambda: one(address, request("/list", close=True)),
+        "upload": lambda: one(address, request("/upload", "POST", UPLOAD), len(str(len(UPLOAD)))),
+        "stream": lambda: one(address, request("/stream?n=64&size=16384"), 64 * 16384),
+        "file": lambda: one(address, request("/file"), 2 << 20),
+        "walk-away-stream": lambda: walk_away(address, "/stream?n=100000&size=65536", rnd.random() < 0.5),
+        "walk-away-file": lambda: walk_away(address, "/file", rnd.random() < 0.5),
+    }
+    weights = [3, 6, 1, 2, 2, 1, 1]
+    names = list(actions)
+    while not stop.is_set():
+        kind = rnd.choices(names, weights)[0]
+        try:
+            actions[kind]()
+            tally.ok(kind)
+        except (OSError, AssertionError, ValueError) as err:
+            tally.fail(kind, err)
+
+
+def slope_kib_per_s(samples: list[tuple[float, int]]) -> float:
+    n = len(samples)
+    mean_t = sum(t for t, _ in samples) / n
+    mean_r = sum(r for _, r in samples) / n
+    num = sum((t - mean_t) * (r - mean_r) for t, r in samples)
+    den = sum((t - mean_t) ** 2 for t, _ in samples) or 1.0
+    return num / den
+
+
+def test_mixed_traffic_keeps_memory_and_descriptors_flat() -> None:
+    path = os.pathsep.join([HERE, os.path.join(os.path.dirname(HERE), "tests"), os.environ.get("PYTHONPATH", "")])
+    srv = ServerProcess("soak_app:app", "--threads=4", env={"PYTHONPATH": path})
+    pid = srv.proc.pid
+    try:
+        time.sleep(0.5)
+        fds_before = fd_count(pid)
+        stop = threading.Event()
+        tally = Tally()
+        threads = [
+            threading.Thread(target=client, args=(srv.address, seed, stop, tally), daemon=True)
+            for seed in range(CLIENTS)
+        ]
+        started = time.monotonic()
+        for t in threads:
+            t.start()
+        samples: list[tuple[float, int, int]] = []
+        while (elapsed := time.monotonic() - started) < DURATION:
+            time.sleep(SAMPLE_EVERY)
+            samples.append((elapsed, rss_kib(pid), fd_count(pid)))
+        stop.set()
+        for t in threads:
+            t.join(timeout=30)
+        deadline = time.monotonic() + 10
+        while fd_count(pid) != fds_before and time.monotonic() < deadline:
+            time.sleep(0.2)
+        fds_after = fd_count(pid)
+
+        measured = [(t, r) for t, r, _ in samples if t >= WARM_UP]
+        report = (
+            f"requests {tally.counts}, failures {len(tally.failures)} {tally.failures[:5]}; "
+            f"RSS KiB at warm-up end {measured[0][1]}, max after {max(r for _, r in measured)}, "
+            f"last {measured[-1][1]}; fds before {fds_before}, during max "
+            f"{max(f for _, _, f in samples)}, after {fds_after}"
+        )
+        print(report)
+        assert not srv.proc.poll(), f"server died: {srv.log()[-2000:]}"
+        assert sum(tally.counts.values()) > 200 * DURATION / 150, report
+        # A few failures are real races (a reset racing the server's reply); many are not.
+        assert len(tally.failures) <= sum(tally.counts.values()) // 100, report
+        assert "bug in Tapster" not in srv.log(), srv.log()[-2000:]
+        assert max(r for _, r in measured) - measured[0][1] < RSS_SLACK_KIB, report
+        trend = slope_kib_per_s(measured) * (measured[-1][0] - measured[0][0])
+        assert trend < TREND_SLACK_KIB, f"RSS trend {trend:.0f} KiB; {report}"
+        assert fds_after == fds_before, report
+    finally:
+        assert srv.stop() == 0, srv.log()[-2000:]
