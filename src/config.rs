@@ -7,7 +7,6 @@
 use std::time::Duration;
 
 use crate::http::request::HeadLimits;
-use crate::server::responder::OutputLimits;
 
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -139,13 +138,6 @@ impl Config {
             max_request_line: self.max_request_line_size,
             max_headers: self.max_request_headers,
             max_body_bytes: self.max_request_body_size,
-        }
-    }
-
-    pub fn output_limits(&self) -> OutputLimits {
-        OutputLimits {
-            overflow: self.outbuf_overflow,
-            high_watermark: self.outbuf_high_watermark,
         }
     }
 }

@@ -7,6 +7,7 @@
 pub mod config;
 pub mod http;
 pub mod server;
+pub mod threads;
 pub mod wsgi;
 
 use pyo3::prelude::*;

@@ -57,7 +57,7 @@ pub struct HttpError {
     pub detail: String,
     /// The request's HTTP version, when it was read before the error (the error page
     /// then answers in it; otherwise in HTTP/1.0, as Waitress does).
-    pub version: Option<super::Version>,
+    pub version: Option<super::version::Version>,
 }
 
 impl HttpError {
@@ -70,7 +70,7 @@ impl HttpError {
     }
 
     /// The same error, answered in the request's version.
-    pub fn in_version(mut self, version: super::Version) -> Self {
+    pub fn in_version(mut self, version: super::version::Version) -> Self {
         self.version.get_or_insert(version);
         self
     }

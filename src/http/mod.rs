@@ -7,6 +7,7 @@ pub mod date;
 pub mod error;
 pub mod request;
 pub mod response;
+pub mod version;
 
 #[cfg(test)]
 mod proptests;

@@ -16,10 +16,11 @@ use tokio::sync::Notify;
 use tokio::time::{sleep_until, timeout_at, Sleep};
 
 use super::budget::Budgets;
-use super::responder::{Responder, Step};
+use super::conn_info::ConnInfo;
+use super::dispatch::{Dispatcher, EventLog, LogLevel, Request};
+use super::responder::{OutputLimits, Responder, Step};
 use super::socket::{Conn, ReadBuf};
 use super::spool::{Body, BodySpool};
-use super::{ConnInfo, Dispatcher, EventLog, LogLevel, Request};
 use crate::config::Config;
 use crate::http::request::{HeadLimits, HeadParser, RequestHead, Version};
 use crate::http::response::{error_page, protocol_error_page, CONTINUE};
@@ -171,7 +172,7 @@ impl Session {
             };
             let responder = Arc::new(Responder::new(
                 self.conn.clone(),
-                self.shared.config.output_limits(),
+                OutputLimits::of(&self.shared.config),
                 self.shared.budgets.clone(),
             ));
             self.shared.dispatcher.dispatch(Request {

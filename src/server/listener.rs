@@ -14,9 +14,10 @@ use tokio::runtime::Runtime;
 use tokio::sync::{Notify, Semaphore};
 
 use super::budget::Budgets;
+use super::conn_info::{ConnInfo, ListenerInfo, ListenerKind, Peer};
 use super::connection::{self, Shared};
+use super::dispatch::{Dispatcher, EventLog, LogLevel};
 use super::socket::{register, Conn};
-use super::{ConnInfo, Dispatcher, EventLog, LogLevel, Peer};
 use crate::config::Config;
 
 /// `TCP_NOTSENT_LOWAT` for accepted TCP connections: the kernel keeps at most this much
@@ -27,21 +28,6 @@ use crate::config::Config;
 /// file goes out about 1.5 times faster). In-flight data is not limited by it, so
 /// throughput over long, fast links is unaffected.
 const NOTSENT_LOWAT: u32 = 128 * 1024;
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ListenerKind {
-    Tcp,
-    Unix,
-}
-
-/// What a request learns about the listener it arrived on.
-pub struct ListenerInfo {
-    pub kind: ListenerKind,
-    /// SERVER_PORT: the bound port, or the socket path for a Unix socket.
-    pub server_port: String,
-    /// Per-listener data of the application side.
-    pub app_data: super::AppSlot,
-}
 
 /// A bound, listening socket handed over by the Python layer.
 pub struct ListenerSpec {
@@ -87,7 +73,7 @@ pub fn start(
         .worker_threads(config.io_threads)
         .thread_name("tapster-io")
         .on_thread_park(move || flusher.flush())
-        .on_thread_start(prefer_batching)
+        .on_thread_start(crate::threads::prefer_batching)
         .enable_io()
         .enable_time()
         .build()?;
@@ -311,19 +297,5 @@ async fn accept(listener: &AsyncFd<Socket>) -> io::Result<(Socket, SockAddr)> {
             Ok(r) => return r,
             Err(_would_block) => continue,
         }
-    }
-}
-
-/// Marks the calling I/O thread `SCHED_BATCH`: its wake-ups (a client sent bytes) do
-/// not preempt a worker thread running the application on the same CPU. The I/O thread
-/// runs when the worker blocks or its time slice ends, and then handles everything that
-/// arrived meanwhile in one go: bigger batches, fewer context switches. On an idle CPU
-/// it still runs at once.
-pub fn prefer_batching() {
-    let param = libc::sched_param { sched_priority: 0 };
-    // SAFETY: `param` is a valid sched_param; pid 0 means the calling thread. Failure
-    // (not permitted) leaves the default policy, which is fine.
-    unsafe {
-        libc::sched_setscheduler(0, libc::SCHED_BATCH, &param);
     }
 }

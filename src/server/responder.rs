@@ -28,12 +28,22 @@ use smallvec::SmallVec;
 use super::budget::Budgets;
 use super::socket::Conn;
 use super::spool::SpillFile;
+use crate::config::Config;
 
 /// Output buffering limits (`outbuf_overflow`, `outbuf_high_watermark`).
 #[derive(Clone, Copy, Debug)]
 pub struct OutputLimits {
     pub overflow: usize,
     pub high_watermark: usize,
+}
+
+impl OutputLimits {
+    pub fn of(config: &Config) -> OutputLimits {
+        OutputLimits {
+            overflow: config.outbuf_overflow,
+            high_watermark: config.outbuf_high_watermark,
+        }
+    }
 }
 
 /// The client went away (or the connection was cut); the response cannot be delivered.

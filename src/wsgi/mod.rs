@@ -6,13 +6,13 @@
 //! GIL released.
 
 pub mod environ;
+pub mod exchange;
 pub mod file_wrapper;
 pub mod input;
 pub mod log;
 pub mod pool;
 pub mod proxy;
 pub mod py_server;
-pub mod response;
 pub mod start_response;
 
 /// The options that shape what the application sees (the rest live in `Config`).

@@ -20,8 +20,7 @@ use std::time::{Duration, Instant};
 
 use pyo3::prelude::*;
 
-use super::response::{AppContext, Exchange};
-use crate::server::{Dispatcher, EventLog, LogLevel, Request};
+use crate::server::{Dispatcher, EventLog, LogLevel, Request, Responder};
 
 /// The watchdog's period: a draining thread found blocked (sleeping, waiting on I/O)
 /// in the same job at two successive ticks gets help.
@@ -39,14 +38,26 @@ const WATCHDOG_IDLE: Duration = Duration::from_secs(1);
 /// The queue-depth warning is repeated at most this often.
 const DEPTH_WARNING_INTERVAL: Duration = Duration::from_secs(5);
 
+/// Runs new requests: the application side, as far as the pool knows it.
+pub trait Runner: Send + Sync + 'static {
+    fn run(this: &Arc<Self>, py: Python<'_>, request: Request);
+}
+
+/// Work that needs the GIL, from whoever submits it.
+pub type Work = Box<dyn FnOnce(Python<'_>) + Send>;
+
 /// Work for a Python thread.
 pub enum Job {
-    /// A new request.
+    /// A new request, for the `Runner`.
     Request(Request),
-    /// A response parked while its client caught up.
-    Resume(Box<Exchange>),
+    /// More of a response already started (a parked iterator resumed once its client
+    /// caught up): its responder fails if the work panics.
+    Continue {
+        responder: Arc<Responder>,
+        work: Work,
+    },
     /// Deferred work that needs the GIL (closing a file after sendfile).
-    Call(Box<dyn FnOnce(Python<'_>) + Send>),
+    Call(Work),
 }
 
 struct State {
@@ -375,14 +386,14 @@ pub struct Pool {
 }
 
 impl Pool {
-    pub fn start(shared: Arc<PoolShared>, ctx: Arc<AppContext>) -> std::io::Result<Pool> {
+    pub fn start<R: Runner>(shared: Arc<PoolShared>, runner: Arc<R>) -> std::io::Result<Pool> {
         let mut threads = Vec::with_capacity(shared.current_job.len() + 1);
         for index in 0..shared.current_job.len() {
             let shared = shared.clone();
-            let ctx = ctx.clone();
+            let runner = runner.clone();
             let handle = std::thread::Builder::new()
                 .name(format!("tapster-{index}"))
-                .spawn(move || worker(index, &shared, &ctx))?;
+                .spawn(move || worker(index, &shared, &runner))?;
             threads.push(handle);
         }
         let watchdog = shared.clone();
@@ -391,7 +402,7 @@ impl Pool {
                 .name("tapster-watchdog".into())
                 .spawn(move || {
                     // Its ticks must not preempt a worker on the same CPU either.
-                    crate::server::listener::prefer_batching();
+                    crate::threads::prefer_batching();
                     watchdog.watchdog()
                 })?,
         );
@@ -423,7 +434,7 @@ impl Pool {
     }
 }
 
-fn worker(index: usize, shared: &PoolShared, ctx: &Arc<AppContext>) {
+fn worker<R: Runner>(index: usize, shared: &PoolShared, runner: &Arc<R>) {
     // Registered before the first wait, so a wake-up can never miss this thread.
     let _ = shared.workers[index].set(std::thread::current());
     // SAFETY: gettid has no preconditions.
@@ -435,7 +446,7 @@ fn worker(index: usize, shared: &PoolShared, ctx: &Arc<AppContext>) {
         while let Some(first) = py.detach(|| shared.wait_for_work(index, serial)) {
             let mut job = first;
             loop {
-                run(py, ctx, job);
+                run(py, runner, shared, job);
                 serial += 1;
                 match shared.next_job(index, serial) {
                     Some(next) => job = next,
@@ -459,27 +470,25 @@ fn thread_blocked(tid: i32) -> bool {
     !matches!(state, Some('R'))
 }
 
-fn run(py: Python<'_>, ctx: &Arc<AppContext>, job: Job) {
+fn run<R: Runner>(py: Python<'_>, runner: &Arc<R>, shared: &PoolShared, job: Job) {
     let responder = match &job {
         Job::Request(request) => Some(request.responder.clone()),
-        Job::Resume(exchange) => Some(exchange.responder().clone()),
+        Job::Continue { responder, .. } => Some(responder.clone()),
         Job::Call(_) => None,
     };
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         let exit_guard = HangOnThreadExit;
         match job {
-            Job::Request(request) => ctx.handle_request(py, request),
-            // A parked response continues once its client has drained the output.
-            Job::Resume(exchange) => ctx.drive(py, *exchange),
-            Job::Call(work) => work(py),
+            Job::Request(request) => R::run(runner, py, request),
+            Job::Continue { work, .. } | Job::Call(work) => work(py),
         }
         std::mem::forget(exit_guard);
     }));
     if outcome.is_err() {
-        ctx.loggers.log(
-            py,
+        shared.log.log(
             LogLevel::Error,
-            "internal error while serving a request (a bug in Tapster); the connection was dropped",
+            "internal error while serving a request (a bug in Tapster); the connection was dropped"
+                .into(),
         );
         if let Some(responder) = responder {
             responder.fail();

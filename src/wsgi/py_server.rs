@@ -13,11 +13,11 @@ use pyo3::types::PyDict;
 use socket2::Socket;
 
 use super::environ::EnvironTemplate;
+use super::exchange::AppContext;
 use super::file_wrapper::{FileWrapper, ZeroCopyTypes};
 use super::log::{Control, Loggers};
 use super::pool::{Pool, PoolShared};
 use super::proxy::{self, ProxyConfig, TrustedPeers};
-use super::response::AppContext;
 use super::start_response::ResponseSettings;
 use super::WsgiConfig;
 use crate::config::Config;

@@ -17,7 +17,7 @@ use super::environ::{EnvironTemplate, ProxyDecision};
 use super::file_wrapper::{FileWrapper, ZeroCopyTypes};
 use super::input::Input;
 use super::log::Loggers;
-use super::pool::{Job, PoolShared};
+use super::pool::{Job, PoolShared, Runner};
 use super::start_response::{
     ClientDisconnected, RequestFacts, ResponseSettings, ResponseState, SendError, StartResponse,
 };
@@ -79,13 +79,15 @@ pub struct Exchange {
 }
 
 impl Exchange {
-    pub fn responder(&self) -> &Arc<Responder> {
-        &self.responder
-    }
-
     /// The response state, or a Python error if an application thread holds it.
     fn state<'py>(&self, py: Python<'py>) -> PyResult<PyRefMut<'py, StartResponse>> {
         StartResponse::exclusive(self.start.bind(py))
+    }
+}
+
+impl Runner for AppContext {
+    fn run(this: &Arc<Self>, py: Python<'_>, request: Request) {
+        this.handle_request(py, request);
     }
 }
 
@@ -297,9 +299,13 @@ impl AppContext {
             }
             if responder.over_watermark() {
                 let ctx = self.clone();
-                let parked = Box::new(exchange);
+                let resumed = responder.clone();
                 responder.on_drain(Box::new(move || {
-                    ctx.pool.submit(Job::Resume(parked));
+                    let pool = ctx.pool.clone();
+                    pool.submit(Job::Continue {
+                        responder: resumed,
+                        work: Box::new(move |py| ctx.drive(py, exchange)),
+                    });
                 }));
                 return;
             }
