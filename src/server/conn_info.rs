@@ -7,6 +7,8 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 
+use super::shutdown::ShutdownSignal;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ListenerKind {
     Tcp,
@@ -60,17 +62,17 @@ pub struct ConnInfo {
     /// Per-connection data of the application side.
     pub app_data: AppSlot,
     disconnected: AtomicBool,
-    closing: Arc<AtomicBool>,
+    shutdown: Arc<ShutdownSignal>,
 }
 
 impl ConnInfo {
-    pub fn new(peer: Peer, listener: Arc<ListenerInfo>, closing: Arc<AtomicBool>) -> ConnInfo {
+    pub fn new(peer: Peer, listener: Arc<ListenerInfo>, shutdown: Arc<ShutdownSignal>) -> ConnInfo {
         ConnInfo {
             peer,
             listener,
             app_data: AppSlot::default(),
             disconnected: AtomicBool::new(false),
-            closing,
+            shutdown,
         }
     }
 
@@ -85,6 +87,6 @@ impl ConnInfo {
 
     /// The server is shutting down: responses should close their connection.
     pub fn server_closing(&self) -> bool {
-        self.closing.load(Ordering::Acquire)
+        self.shutdown.is_closing()
     }
 }

@@ -4,20 +4,18 @@
 //! client's next request or disconnect. Responses go out strictly in request order.
 
 use std::io;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
 use std::pin::Pin;
 
-use tokio::sync::futures::OwnedNotified;
-use tokio::sync::Notify;
 use tokio::time::{sleep_until, timeout_at, Sleep};
 
 use super::budget::Budgets;
 use super::conn_info::ConnInfo;
 use super::dispatch::{Dispatcher, EventLog, LogLevel, Request};
+use super::shutdown::{Shutdown, ShutdownSignal};
 use super::responder::{OutputLimits, Responder, Step};
 use super::socket::{Conn, ReadBuf};
 use super::spool::{Body, BodySpool};
@@ -32,9 +30,8 @@ pub struct Shared {
     pub head_limits: HeadLimits,
     pub dispatcher: Arc<dyn Dispatcher>,
     pub log: Arc<dyn EventLog>,
-    /// Notified once when the server starts shutting down (`closing` is set first).
-    pub shutdown: Arc<Notify>,
-    pub closing: Arc<AtomicBool>,
+    /// Set once when the server starts shutting down.
+    pub shutdown: Arc<ShutdownSignal>,
     /// What all connections together may hold in memory and temporary files.
     pub budgets: Arc<Budgets>,
 }
@@ -81,16 +78,13 @@ enum End {
 }
 
 pub async fn serve(conn: Arc<Conn>, info: Arc<ConnInfo>, shared: Arc<Shared>) {
-    let mut shutdown = Box::pin(shared.shutdown.clone().notified_owned());
-    // Registered before `closing` is first read, so the notification cannot be missed.
-    shutdown.as_mut().enable();
+    let shutdown = shared.shutdown.subscribe();
     let mut session = Session {
         conn,
         info,
         rbuf: BytesMut::with_capacity(INITIAL_READ_BUFFER.min(shared.config.recv_bytes)),
         parser: HeadParser::new(),
         shutdown,
-        shutdown_seen: false,
         activity: 0,
         activity_seen: 0,
         idle_timer: Box::pin(sleep_until(
@@ -116,9 +110,7 @@ struct Session {
     shared: Arc<Shared>,
     rbuf: BytesMut,
     parser: HeadParser,
-    shutdown: Pin<Box<OwnedNotified>>,
-    /// The shutdown notification fired (it stays ready; do not poll it again).
-    shutdown_seen: bool,
+    shutdown: Shutdown,
     /// Counts reads, writes and completed responses.
     activity: u64,
     /// `activity` when the idle timer last fired.
@@ -189,7 +181,7 @@ impl Session {
             std::mem::forget(in_flight);
             match delivered {
                 Some(true)
-                    if !self.peer_finished && !self.shared.closing.load(Ordering::Acquire) =>
+                    if !self.peer_finished && !self.shutdown.is_closing() =>
                 {
                     self.activity += 1;
                 }
@@ -215,7 +207,7 @@ impl Session {
                 return Err(None);
             }
             let idle = self.parser.pending(&self.rbuf) == 0;
-            if idle && self.shared.closing.load(Ordering::Acquire) {
+            if idle && self.shutdown.is_closing() {
                 return Err(None);
             }
             let deadline = if idle {
@@ -409,8 +401,7 @@ impl Session {
                     continue;
                 }
                 _ = sleep_until_opt(deadline) => return Err(ReadStop::TimedOut),
-                _ = self.shutdown.as_mut(), if idle && !self.shutdown_seen => {
-                    self.shutdown_seen = true;
+                _ = self.shutdown.recv(), if idle && !self.shutdown.seen() => {
                     return Err(ReadStop::Shutdown);
                 }
             };
@@ -457,9 +448,8 @@ impl Session {
             let step = tokio::select! {
                 biased;
                 step = responder.next_step() => step,
-                _ = self.shutdown.as_mut(), if !self.shutdown_seen => {
+                _ = self.shutdown.recv(), if !self.shutdown.seen() => {
                     // A completed response may not have woken us; look again.
-                    self.shutdown_seen = true;
                     continue;
                 }
                 _ = self.idle_timer.as_mut() => {

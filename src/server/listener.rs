@@ -4,19 +4,19 @@
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use socket2::{SockAddr, Socket};
 use tokio::io::unix::AsyncFd;
 use tokio::runtime::Runtime;
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::Semaphore;
 
 use super::budget::Budgets;
 use super::conn_info::{ConnInfo, ListenerInfo, ListenerKind, Peer};
 use super::connection::{self, Shared};
 use super::dispatch::{Dispatcher, EventLog, LogLevel};
+use super::shutdown::ShutdownSignal;
 use super::socket::{register, Conn};
 use crate::config::Config;
 
@@ -56,8 +56,7 @@ pub struct Running {
     runtime: Option<Runtime>,
     /// Duplicates of the listening sockets, to stop them listening at shutdown.
     listening: Vec<Socket>,
-    shutdown: Arc<Notify>,
-    closing: Arc<AtomicBool>,
+    shutdown: Arc<ShutdownSignal>,
     count: Arc<ConnCount>,
 }
 
@@ -77,8 +76,7 @@ pub fn start(
         .enable_io()
         .enable_time()
         .build()?;
-    let shutdown = Arc::new(Notify::new());
-    let closing = Arc::new(AtomicBool::new(false));
+    let shutdown = ShutdownSignal::new();
     let count = Arc::new(ConnCount {
         open: Mutex::new(0),
         changed: Condvar::new(),
@@ -95,7 +93,6 @@ pub fn start(
         dispatcher,
         log,
         shutdown: shutdown.clone(),
-        closing: closing.clone(),
     });
     let mut listening = Vec::with_capacity(listeners.len());
     {
@@ -117,7 +114,6 @@ pub fn start(
         runtime: Some(runtime),
         listening,
         shutdown,
-        closing,
         count,
     })
 }
@@ -126,8 +122,7 @@ impl Running {
     /// Stops accepting, closes idle connections, and makes responses in progress the
     /// last on their connection. Returns at once.
     pub fn begin_shutdown(&self) {
-        self.closing.store(true, Ordering::Release);
-        self.shutdown.notify_waiters();
+        self.shutdown.trigger();
         for socket in &self.listening {
             // Takes the socket out of the listening state for every descriptor that
             // refers to it (the Python layer holds one too): new connections are
@@ -180,10 +175,8 @@ async fn accept_loop(
     limit: Arc<Semaphore>,
     count: Arc<ConnCount>,
 ) {
-    let mut shutdown = Box::pin(shared.shutdown.clone().notified_owned());
-    // Registered before `closing` is read, so the notification cannot be missed.
-    shutdown.as_mut().enable();
-    if shared.closing.load(Ordering::Acquire) {
+    let mut shutdown = shared.shutdown.subscribe();
+    if shutdown.is_closing() {
         return;
     }
     loop {
@@ -196,7 +189,7 @@ async fn accept_loop(
                 );
                 let acquired = tokio::select! {
                     p = limit.clone().acquire_owned() => p,
-                    _ = shutdown.as_mut() => return,
+                    _ = shutdown.recv() => return,
                 };
                 let Ok(p) = acquired else { return };
                 shared.log.log(
@@ -209,10 +202,10 @@ async fn accept_loop(
         };
         let accepted = tokio::select! {
             biased;
-            _ = shutdown.as_mut() => return,
+            _ = shutdown.recv() => return,
             r = accept(&listener) => r,
         };
-        if shared.closing.load(Ordering::Acquire) {
+        if shutdown.is_closing() {
             // The listener was taken down by `begin_shutdown`.
             return;
         }
@@ -254,7 +247,7 @@ async fn accept_loop(
             ListenerKind::Tcp => peer.as_socket().map_or(Peer::Unix, Peer::Tcp),
             ListenerKind::Unix => Peer::Unix,
         };
-        let conn_info = Arc::new(ConnInfo::new(peer, info.clone(), shared.closing.clone()));
+        let conn_info = Arc::new(ConnInfo::new(peer, info.clone(), shared.shutdown.clone()));
         *count.open.lock().unwrap_or_else(|e| e.into_inner()) += 1;
         let guard = ConnGuard(count.clone());
         let shared = shared.clone();

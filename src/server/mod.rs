@@ -12,6 +12,7 @@ pub mod connection;
 pub mod dispatch;
 pub mod listener;
 pub mod responder;
+pub mod shutdown;
 pub mod socket;
 pub mod spool;
 
