@@ -15,8 +15,8 @@ use tokio::time::{sleep_until, timeout_at, Sleep};
 use super::budget::Budgets;
 use super::conn_info::ConnInfo;
 use super::dispatch::{Dispatcher, EventLog, LogLevel, Request};
+use super::responder::{Completion, OutputLimits, Responder, Step};
 use super::shutdown::{Shutdown, ShutdownSignal};
-use super::responder::{OutputLimits, Responder, Step};
 use super::socket::{Conn, ReadBuf};
 use super::spool::{Body, BodySpool};
 use crate::config::Config;
@@ -124,6 +124,23 @@ struct Session {
     peer_finished: bool,
 }
 
+/// Why no request head came.
+enum NoRequest {
+    /// The client sent something unacceptable: answer it with this error.
+    Refuse(HttpError),
+    /// Nothing to answer (the client left, the connection idled out, shutdown).
+    Close,
+}
+
+/// How waiting for a response ended.
+enum ResponseEnd {
+    /// Written in full; the connection may stay open if `keep_alive`.
+    Delivered { keep_alive: bool },
+    /// It cannot be delivered (the client left, a write failed or stalled): drop the
+    /// connection.
+    Dropped,
+}
+
 /// Why waiting for bytes from the client stopped.
 enum ReadStop {
     Eof,
@@ -137,8 +154,8 @@ impl Session {
         loop {
             let head = match self.read_head().await {
                 Ok(head) => head,
-                Err(Some(err)) => return self.reject(None, &err).await,
-                Err(None) => return End::Quiet,
+                Err(NoRequest::Refuse(err)) => return self.reject(None, &err).await,
+                Err(NoRequest::Close) => return End::Quiet,
             };
             let body = match self.read_body(&head).await {
                 Ok(body) => body,
@@ -180,35 +197,39 @@ impl Session {
             let delivered = self.await_response(&responder).await;
             std::mem::forget(in_flight);
             match delivered {
-                Some(true)
+                ResponseEnd::Delivered { keep_alive: true }
                     if !self.peer_finished && !self.shutdown.is_closing() =>
                 {
                     self.activity += 1;
                 }
                 // Shutting down with nothing of a next request received: nothing to
                 // drain, close at once.
-                Some(true) if self.rbuf.is_empty() && !self.peer_finished => return End::Quiet,
-                Some(_) => return End::AfterResponse,
-                None => return End::Quiet,
+                ResponseEnd::Delivered { keep_alive: true }
+                    if self.rbuf.is_empty() && !self.peer_finished =>
+                {
+                    return End::Quiet
+                }
+                ResponseEnd::Delivered { .. } => return End::AfterResponse,
+                ResponseEnd::Dropped => return End::Quiet,
             }
         }
     }
 
-    /// Reads until one request head is parsed. `Err(None)`: close quietly.
-    async fn read_head(&mut self) -> Result<RequestHead, Option<HttpError>> {
+    /// Reads until one request head is parsed.
+    async fn read_head(&mut self) -> Result<RequestHead, NoRequest> {
         let mut head_started: Option<Instant> = None;
         loop {
             match self.parser.parse(&mut self.rbuf, &self.shared.head_limits) {
                 Ok(Some(head)) => return Ok(head),
                 Ok(None) => {}
-                Err(err) => return Err(Some(err)),
+                Err(err) => return Err(NoRequest::Refuse(err)),
             }
             if self.peer_finished {
-                return Err(None);
+                return Err(NoRequest::Close);
             }
             let idle = self.parser.pending(&self.rbuf) == 0;
             if idle && self.shutdown.is_closing() {
-                return Err(None);
+                return Err(NoRequest::Close);
             }
             let deadline = if idle {
                 head_started = None;
@@ -226,19 +247,19 @@ impl Session {
                     self.peer_finished = true;
                     if self.parser.pending(&self.rbuf) > 0 {
                         // The client sent half a request and stopped: nothing to answer.
-                        return Err(None);
+                        return Err(NoRequest::Close);
                     }
                 }
                 Err(ReadStop::TimedOut) if !idle => {
-                    return Err(Some(HttpError::new(
+                    return Err(NoRequest::Refuse(HttpError::new(
                         ErrorKind::RequestTimeout,
                         "The request head was not received in time",
                     )))
                 }
-                Err(ReadStop::TimedOut | ReadStop::Shutdown) => return Err(None),
+                Err(ReadStop::TimedOut | ReadStop::Shutdown) => return Err(NoRequest::Close),
                 Err(ReadStop::Failed(err)) => {
                     self.socket_error("reading a request", &err);
-                    return Err(None);
+                    return Err(NoRequest::Close);
                 }
             }
         }
@@ -436,9 +457,7 @@ impl Session {
     /// bytes arrive they may be a whole pipelined request, so from then on the task
     /// stops reading and asks to be woken.
     ///
-    /// `Some(keep_alive)` when the response was delivered, `None` when the connection
-    /// must be dropped.
-    async fn await_response(&mut self, responder: &Responder) -> Option<bool> {
+    async fn await_response(&mut self, responder: &Responder) -> ResponseEnd {
         let stall = self.shared.config.channel_timeout;
         let mut watching = !self.peer_finished && self.rbuf.is_empty();
         responder.set_consumer_watching(watching);
@@ -456,9 +475,9 @@ impl Session {
                     // Only a delivered response can leave the connection idle; an
                     // application may take as long as it likes.
                     // A response completed without waking us counts as activity once.
-                    let busy = responder.completion_unseen().unwrap_or(true);
+                    let busy = responder.completion() != Completion::SeenBefore;
                     if self.idle_expired(busy) {
-                        return None;
+                        return ResponseEnd::Dropped;
                     }
                     continue;
                 }
@@ -475,7 +494,7 @@ impl Session {
                             self.info.set_disconnected();
                             self.socket_error("reading from a client", &err);
                             responder.fail();
-                            return None;
+                            return ResponseEnd::Dropped;
                         }
                     }
                     continue;
@@ -488,13 +507,13 @@ impl Session {
                         self.info.set_disconnected();
                         self.socket_error("writing a response", &err);
                         responder.fail();
-                        return None;
+                        return ResponseEnd::Dropped;
                     }
                 },
-                Step::Done { keep_alive } => return Some(keep_alive),
+                Step::Done { keep_alive } => return ResponseEnd::Delivered { keep_alive },
                 Step::Failed => {
                     self.info.set_disconnected();
-                    return None;
+                    return ResponseEnd::Dropped;
                 }
             }
         }

@@ -103,6 +103,27 @@ pub enum Step {
     Failed,
 }
 
+/// Whether the producer has finished the response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Production {
+    InProgress,
+    /// Everything is handed over; the connection stays open after it if `keep_alive`.
+    Finished {
+        keep_alive: bool,
+    },
+}
+
+/// What the connection task learns from `Responder::completion`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Completion {
+    /// Still being produced or written.
+    InProgress,
+    /// Done, and this is the first time the connection task asks.
+    JustNoticed,
+    /// Done, and already noticed.
+    SeenBefore,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Writer {
     Idle,
@@ -119,8 +140,7 @@ struct Inner {
     mem_bytes: usize,
     spill: Option<SpillFile>,
     writer: Writer,
-    /// `Some(keep_alive)` once the producer has finished the response.
-    finished: Option<bool>,
+    production: Production,
     failed: bool,
     /// The connection task, when it is parked waiting on this response.
     waker: Option<Waker>,
@@ -143,7 +163,9 @@ impl Inner {
     }
 
     fn complete(&self) -> bool {
-        self.finished.is_some() && self.queue.is_empty() && self.writer == Writer::Idle
+        matches!(self.production, Production::Finished { .. })
+            && self.queue.is_empty()
+            && self.writer == Writer::Idle
     }
 }
 
@@ -191,7 +213,7 @@ impl Responder {
                 mem_bytes: 0,
                 spill: None,
                 writer: Writer::Idle,
-                finished: None,
+                production: Production::InProgress,
                 failed: false,
                 waker: None,
                 consumer_watching: false,
@@ -357,10 +379,10 @@ impl Responder {
     /// The response is complete; the connection stays open after it if `keep_alive`.
     pub fn finish(&self, keep_alive: bool) {
         let mut inner = self.lock();
-        if inner.finished.is_some() {
+        if matches!(inner.production, Production::Finished { .. }) {
             return;
         }
-        inner.finished = Some(keep_alive);
+        inner.production = Production::Finished { keep_alive };
         if inner.failed {
             return;
         }
@@ -448,16 +470,19 @@ impl Responder {
         self.lock().consumer_watching = watching;
     }
 
-    /// `None` while the response is still being produced or written; once it is done,
-    /// `Some(true)` the first time this is asked and `Some(false)` after.
-    pub fn completion_unseen(&self) -> Option<bool> {
+    /// Whether the response is done, and whether the connection task is hearing of it
+    /// for the first time (a response completed without waking it counts as activity
+    /// once, for its idle timeout).
+    pub fn completion(&self) -> Completion {
         let mut inner = self.lock();
         if !inner.complete() {
-            return None;
+            return Completion::InProgress;
         }
-        let unseen = !inner.completion_seen;
-        inner.completion_seen = true;
-        Some(unseen)
+        if std::mem::replace(&mut inner.completion_seen, true) {
+            Completion::SeenBefore
+        } else {
+            Completion::JustNoticed
+        }
     }
 
     /// Waits for the next thing to do.
@@ -481,7 +506,10 @@ impl Responder {
             }
             if inner.complete() {
                 return Poll::Ready(Step::Done {
-                    keep_alive: inner.finished.unwrap_or(false),
+                    keep_alive: matches!(
+                        inner.production,
+                        Production::Finished { keep_alive: true }
+                    ),
                 });
             }
             inner.waker = Some(cx.waker().clone());

@@ -246,13 +246,7 @@ impl AppContext {
         let end: u64 = f.call_method0("tell")?.extract()?;
         f.call_method1("seek", (pos,))?;
         let size = end.saturating_sub(pos);
-        let mut start = exchange.state(py)?;
-        let length = match start.state.content_length {
-            Some(declared) if declared < size => declared,
-            _ => size,
-        };
-        start.state.content_length = Some(length);
-        drop(start);
+        let length = exchange.state(py)?.length_for_file(size);
         if let Some(file) = self.zero_copy.descriptor(f)? {
             return Ok(Source::SendFile {
                 file,
@@ -281,11 +275,8 @@ impl AppContext {
                 Err(err) => return self.fail(py, exchange, err),
             };
             let sent = exchange.state(py).and_then(|mut start| {
-                start
-                    .state
-                    .send(py, &chunks)
-                    .map_err(SendError::into_pyerr)?;
-                Ok(start.state.head_sent())
+                start.send(py, &chunks).map_err(SendError::into_pyerr)?;
+                Ok(start.head_sent())
             });
             let head_sent = match sent {
                 Ok(head_sent) => head_sent,
@@ -312,7 +303,7 @@ impl AppContext {
         }
         let finished = exchange
             .state(py)
-            .and_then(|mut start| start.state.finish(py).map_err(SendError::into_pyerr));
+            .and_then(|mut start| start.finish(py).map_err(SendError::into_pyerr));
         match finished {
             Ok(()) => self.close(py, &mut exchange),
             Err(err) => self.fail(py, exchange, err),
@@ -348,10 +339,7 @@ impl AppContext {
                     chunks.push(bytes);
                 }
                 exchange.source = Source::Done;
-                let mut start = exchange.state(py)?;
-                if !start.state.head_sent() && start.state.content_length.is_none() {
-                    start.state.content_length = Some(total);
-                }
+                exchange.state(py)?.body_known(total);
                 Ok(Some(chunks))
             }
             Source::Iter(iter) => {
@@ -414,9 +402,8 @@ impl AppContext {
         };
         let sent = exchange.state(py).and_then(|mut start| {
             start
-                .state
                 .send_file(py, file, offset, len)
-                .and_then(|()| start.state.finish(py))
+                .and_then(|()| start.finish(py))
                 .map_err(SendError::into_pyerr)
         });
         if let Err(err) = sent {
@@ -458,19 +445,19 @@ impl AppContext {
             self.loggers
                 .exception(py, &format!("Exception while serving {path}"), &err);
             match exchange.state(py) {
-                Ok(start) if !start.state.head_sent() => {
-                    let detail = if start.state.settings().expose_tracebacks {
+                Ok(start) if !start.head_sent() => {
+                    let detail = if start.settings().expose_tracebacks {
                         format_traceback(py, &err)
                     } else {
                         "The server encountered an unexpected internal server error".to_owned()
                     };
-                    let page = start.state.error_page(&detail);
+                    let page = start.error_page(&detail);
                     drop(start);
                     let _ =
                         py.detach(|| responder.send(&[Part::Borrowed(&page)], Delivery::Direct));
                     responder.finish(false);
                 }
-                Ok(start) => start.state.abort(),
+                Ok(start) => start.abort(),
                 // Another application thread is inside write(): cut the connection,
                 // which also releases that thread.
                 Err(_) => responder.fail(),
@@ -503,7 +490,7 @@ impl AppContext {
                 &err,
             );
             match exchange.state(py) {
-                Ok(start) if start.state.head_sent() => {}
+                Ok(start) if start.head_sent() => {}
                 Ok(_) => exchange.responder.finish(false),
                 Err(_) => exchange.responder.fail(),
             }

@@ -60,6 +60,19 @@ pub struct RequestFacts {
     pub client_keep_alive: bool,
 }
 
+/// Where a response's head is.
+#[derive(Clone, Copy)]
+enum Head {
+    /// `start_response` has not been called.
+    NotStarted,
+    /// Status and headers are set (the status is the first `status_len` bytes of
+    /// `text`); nothing has been sent, so `start_response` with `exc_info` may still
+    /// replace them.
+    Set { status_len: usize },
+    /// The head went out with this framing; nothing about it can change.
+    Sent(Framing),
+}
+
 /// The state of one response, shared by `start_response`, `write` and the driver.
 pub struct ResponseState {
     pub responder: Arc<Responder>,
@@ -67,18 +80,15 @@ pub struct ResponseState {
     pub facts: RequestFacts,
     settings: Arc<ResponseSettings>,
     loggers: Arc<Loggers>,
-    /// The length of the status text at the start of `text`, once start_response
-    /// has been called.
-    status_len: Option<usize>,
+    head: Head,
     code: u16,
     /// The status line text (latin-1, e.g. `200 OK`) followed by the application's
     /// headers as `Name: value\r\n` lines without Content-Length; one buffer for both.
     text: Vec<u8>,
     /// The application's Content-Length (or one the server worked out for it).
-    pub content_length: Option<u64>,
+    content_length: Option<u64>,
     app_sent_date: bool,
     app_sent_server: bool,
-    framing: Option<Framing>,
     /// Body bytes sent so far (after any truncation to Content-Length).
     sent: u64,
     warned_excess: bool,
@@ -99,13 +109,12 @@ impl ResponseState {
             facts,
             settings,
             loggers,
-            status_len: None,
+            head: Head::NotStarted,
             code: 0,
             text: Vec::new(),
             content_length: None,
             app_sent_date: false,
             app_sent_server: false,
-            framing: None,
             sent: 0,
             warned_excess: false,
             warned_suppressed: false,
@@ -113,11 +122,39 @@ impl ResponseState {
     }
 
     pub fn started(&self) -> bool {
-        self.status_len.is_some()
+        !matches!(self.head, Head::NotStarted)
     }
 
     pub fn head_sent(&self) -> bool {
-        self.framing.is_some()
+        matches!(self.head, Head::Sent(_))
+    }
+
+    /// The framing the head announced, once it is out.
+    fn framing(&self) -> Option<Framing> {
+        match self.head {
+            Head::Sent(framing) => Some(framing),
+            Head::NotStarted | Head::Set { .. } => None,
+        }
+    }
+
+    /// The body is a file of `size` bytes from here: that is its Content-Length,
+    /// unless the application declared a smaller one (honoured; a larger one is
+    /// corrected). Returns the length to send.
+    pub fn length_for_file(&mut self, size: u64) -> u64 {
+        let length = match self.content_length {
+            Some(declared) if declared < size => declared,
+            _ => size,
+        };
+        self.content_length = Some(length);
+        length
+    }
+
+    /// The whole body is known to be `total` bytes: the Content-Length, if the
+    /// application set none and the head is still to go out.
+    pub fn body_known(&mut self, total: u64) {
+        if !self.head_sent() && self.content_length.is_none() {
+            self.content_length = Some(total);
+        }
     }
 
     /// Implements `start_response(status, headers, exc_info=None)`.
@@ -137,7 +174,7 @@ impl ResponseState {
                     value.call_method1("with_traceback", (traceback,))?,
                 ));
             }
-            None if self.status_len.is_some() => {
+            None if self.started() => {
                 return Err(PyAssertionError::new_err(
                     "start_response called a second time without providing exc_info.",
                 ));
@@ -207,7 +244,7 @@ impl ResponseState {
             app_sent_server |= is("server");
             fields.extend_from_slice(b"\r\n");
         }
-        self.status_len = Some(status_len);
+        self.head = Head::Set { status_len };
         self.code = code;
         self.text = text;
         self.content_length = content_length;
@@ -218,10 +255,14 @@ impl ResponseState {
 
     /// Writes the head into `out`; the framing is fixed from here on.
     fn commit_head(&mut self, out: &mut Vec<u8>) -> PyResult<()> {
-        let Some(status_len) = self.status_len else {
-            return Err(PyRuntimeError::new_err(
-                "start_response was not called before body written",
-            ));
+        let status_len = match self.head {
+            Head::Set { status_len } => status_len,
+            Head::NotStarted => {
+                return Err(PyRuntimeError::new_err(
+                    "start_response was not called before body written",
+                ))
+            }
+            Head::Sent(_) => return Ok(()),
         };
         let framing = Framing::decide(FramingInput {
             version: self.facts.version,
@@ -245,7 +286,7 @@ impl ResponseState {
             server,
             &framing,
         );
-        self.framing = Some(framing);
+        self.head = Head::Sent(framing);
         Ok(())
     }
 
@@ -274,11 +315,11 @@ impl ResponseState {
         pieces: &[Bound<'_, PyBytes>],
         out: &mut Outgoing,
     ) -> Result<(), SendError> {
-        if self.framing.is_none() {
+        if !self.head_sent() {
             self.commit_head(&mut out.buf).map_err(SendError::Python)?;
             out.mark();
         }
-        let Some(framing) = self.framing else {
+        let Some(framing) = self.framing() else {
             return Ok(());
         };
         for piece in pieces {
@@ -342,10 +383,10 @@ impl ResponseState {
         offset: u64,
         len: u64,
     ) -> Result<(), SendError> {
-        if self.framing.is_none() {
+        if !self.head_sent() {
             self.send(py, &[])?;
         }
-        let len = match self.framing.map(|f| f.body) {
+        let len = match self.framing().map(|f| f.body) {
             Some(BodyMode::Length(n)) => len.min(n.saturating_sub(self.sent)),
             Some(BodyMode::Chunked | BodyMode::UntilClose) => len,
             Some(BodyMode::Suppressed) | None => 0,
@@ -355,7 +396,7 @@ impl ResponseState {
         }
         crate::server::responder::SENDFILE_RESPONSES
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        if self.framing.map(|f| f.body) == Some(BodyMode::Chunked) {
+        if self.framing().map(|f| f.body) == Some(BodyMode::Chunked) {
             let (prefix, n) = chunk_header(usize::try_from(len).unwrap_or(usize::MAX));
             let responder = &self.responder;
             py.detach(|| responder.send(&[Part::Borrowed(&prefix[..n])], Delivery::Queued))
@@ -369,7 +410,7 @@ impl ResponseState {
                 len,
             })
             .map_err(|ClientGone| SendError::Gone)?;
-        if self.framing.map(|f| f.body) == Some(BodyMode::Chunked) {
+        if self.framing().map(|f| f.body) == Some(BodyMode::Chunked) {
             let responder = &self.responder;
             py.detach(|| responder.send(&[Part::Borrowed(CHUNK_END)], Delivery::Queued))
                 .map_err(|ClientGone| SendError::Gone)?;
@@ -381,13 +422,11 @@ impl ResponseState {
     /// everything sent, i.e. zero), the last chunk, and tells the connection whether it
     /// may stay open.
     pub fn finish(&mut self, py: Python<'_>) -> Result<(), SendError> {
-        if self.framing.is_none() {
-            if self.content_length.is_none() {
-                self.content_length = Some(0);
-            }
+        if !self.head_sent() {
+            self.body_known(0);
             self.send(py, &[])?;
         }
-        let Some(framing) = self.framing else {
+        let Some(framing) = self.framing() else {
             return Ok(());
         };
         let mut keep_alive = framing.keep_alive;
@@ -692,6 +731,20 @@ impl StartResponse {
         let py = slf.py();
         let mut this = StartResponse::exclusive(slf)?;
         this.write_chunk(py, data)
+    }
+}
+
+impl std::ops::Deref for StartResponse {
+    type Target = ResponseState;
+
+    fn deref(&self) -> &ResponseState {
+        &self.state
+    }
+}
+
+impl std::ops::DerefMut for StartResponse {
+    fn deref_mut(&mut self) -> &mut ResponseState {
+        &mut self.state
     }
 }
 
