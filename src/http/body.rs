@@ -128,7 +128,7 @@ enum State {
     #[default]
     Size,
     /// Inside the extensions after `;`, skipped up to the CR.
-    Ext,
+    Ext(Ext),
     /// Got CR after the size line, want LF.
     SizeLf,
     /// Reading chunk data.
@@ -173,6 +173,20 @@ fn invalid_size() -> HttpError {
     HttpError::bad_request("Invalid chunk size")
 }
 
+fn invalid_ext() -> HttpError {
+    HttpError::bad_request("Invalid chunk extension")
+}
+
+/// Where the skipping of extensions is: only quoted strings matter, so that a CR
+/// inside one cannot end the size line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ext {
+    Plain,
+    Quoted,
+    /// After a backslash inside a quoted string.
+    Escaped,
+}
+
 /// May stand in a chunk extension: HTAB, SP, visible ASCII and obs-text; no other
 /// control characters.
 fn extension_byte(b: u8) -> bool {
@@ -204,7 +218,7 @@ impl Chunked {
                     }
                     continue;
                 }
-                State::Size | State::Ext | State::SizeLf => {
+                State::Size | State::Ext(_) | State::SizeLf => {
                     self.size_line_byte(b, allowance.saturating_sub(i as u64))?
                 }
                 State::DataCr => {
@@ -250,15 +264,24 @@ impl Chunked {
                     self.size = (self.size << 4) | digit;
                     self.digits += 1;
                 }
-                b';' if self.digits > 0 => self.state = State::Ext,
+                b';' if self.digits > 0 => self.state = State::Ext(Ext::Plain),
                 b'\r' if self.digits > 0 => self.state = State::SizeLf,
                 _ => return Err(invalid_size()),
             },
-            State::Ext => match b {
-                b'\r' => self.state = State::SizeLf,
-                b if extension_byte(b) => {}
-                _ => return Err(HttpError::bad_request("Invalid chunk extension")),
-            },
+            State::Ext(ext) => {
+                self.state = match (ext, b) {
+                    (_, b) if !extension_byte(b) && b != b'\r' => return Err(invalid_ext()),
+                    (Ext::Plain, b'\r') => State::SizeLf,
+                    (Ext::Plain, b'"') => State::Ext(Ext::Quoted),
+                    (Ext::Plain, _) => State::Ext(Ext::Plain),
+                    // A CR inside a quoted string does not end the line: refused, as a
+                    // front end that reads the quotes would frame it differently.
+                    (Ext::Quoted | Ext::Escaped, b'\r') => return Err(invalid_ext()),
+                    (Ext::Quoted, b'"') => State::Ext(Ext::Plain),
+                    (Ext::Quoted, b'\\') => State::Ext(Ext::Escaped),
+                    (Ext::Quoted | Ext::Escaped, _) => State::Ext(Ext::Quoted),
+                }
+            }
             State::SizeLf => {
                 if b != b'\n' {
                     return Err(invalid_size());
@@ -400,6 +423,9 @@ mod tests {
             b"3;a\x00\r\nabc\r\n0\r\n\r\n",
             b"3;a\x7f\r\nabc\r\n0\r\n\r\n",
             b"3;a\rb\r\nabc\r\n0\r\n\r\n",
+            // A CR inside a quoted string (closed or not) does not end the line.
+            b"3;a=\"x\r\nabc\r\n0\r\n\r\n",
+            b"3;a=\"x\\\r\nabc\r\n0\r\n\r\n",
             // Whitespace between the size and ";" stays refused, as by most servers.
             b"3 ;a\r\nabc\r\n0\r\n\r\n",
         ] {

@@ -43,7 +43,14 @@ impl Budget {
 
     /// Gives back `n` bytes taken before.
     pub fn give(&self, n: u64) {
-        let previous = self.used.fetch_sub(n, Ordering::AcqRel);
+        let previous = self
+            .used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                Some(used.saturating_sub(n))
+            })
+            .unwrap_or(0);
+        // Giving back more than was taken is a bug; in a release build it must not
+        // wrap the counter and leave the budget looking used up forever.
         debug_assert!(previous >= n, "budget released more than was taken");
     }
 

@@ -288,11 +288,6 @@ impl Session {
             if self.rbuf.is_empty() && self.read_direct(&mut decoder, &mut spool, deadline).await? {
                 continue;
             }
-            if self.rbuf.is_empty() {
-                // Body bytes are read in large pieces; between them (a client that
-                // stalls) the connection keeps no read buffer at all.
-                self.rbuf = BytesMut::new();
-            }
             match self.read_more(BODY_READ, false, deadline).await {
                 Ok(_) => self.decode_buffered(&mut decoder, &mut spool)?,
                 Err(stop) => return Err(self.body_read_failed(stop)),

@@ -6,7 +6,7 @@ use std::io::{self, IoSlice};
 use std::mem::MaybeUninit;
 use std::net::Shutdown;
 use std::os::fd::{AsRawFd, RawFd};
-use std::task::{ready, Context, Poll};
+use std::task::{Context, Poll};
 
 use bytes::{BufMut, BytesMut};
 use socket2::Socket;
@@ -35,6 +35,10 @@ pub trait ReadBuf {
     /// # Safety
     /// The first `n` bytes of `spare()` must have been initialised.
     unsafe fn filled(&mut self, n: usize);
+
+    /// The read has to wait for the client: a buffer that holds nothing may give its
+    /// memory back meanwhile.
+    fn waiting(&mut self) {}
 }
 
 impl ReadBuf for BytesMut {
@@ -50,7 +54,19 @@ impl ReadBuf for BytesMut {
         // SAFETY: the caller initialised these bytes.
         unsafe { self.advance_mut(n) }
     }
+
+    fn waiting(&mut self) {
+        // A large empty buffer (grown for a request body) is freed while the client
+        // is silent, so stalled uploads hold none; small ones are kept for the next
+        // request head.
+        if self.is_empty() && self.capacity() > KEEP_WHILE_WAITING {
+            *self = BytesMut::new();
+        }
+    }
 }
+
+/// Read buffers up to this size are kept while a connection waits for its client.
+const KEEP_WHILE_WAITING: usize = 16 * 1024;
 
 impl ReadBuf for Vec<u8> {
     fn reserve_for(&mut self, n: usize) {
@@ -97,7 +113,13 @@ impl Conn {
         max: usize,
     ) -> Poll<io::Result<usize>> {
         loop {
-            let mut guard = ready!(self.io.poll_read_ready(cx))?;
+            let mut guard = match self.io.poll_read_ready(cx) {
+                Poll::Ready(guard) => guard?,
+                Poll::Pending => {
+                    buf.waiting();
+                    return Poll::Pending;
+                }
+            };
             // Room is made only once there is something to read: a connection waiting
             // for a slow client holds no more buffer than it already had.
             buf.reserve_for(max);

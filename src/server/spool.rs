@@ -118,8 +118,11 @@ impl Drop for Pooled {
     }
 }
 
-/// Writes to a spilled body are batched into pieces of this size.
+/// Small pieces of a body in a file (the chunks of a chunked body) are staged and
+/// written in batches of up to this size...
 const FILE_STAGING: usize = 64 * 1024;
+/// ...and pieces at least this large are written as they come.
+const DIRECT_WRITE: usize = 8 * 1024;
 
 /// Collects a request body as it is decoded: in memory while it stays under
 /// `inbuf_overflow` and the server-wide memory budget lets it, otherwise in a
@@ -208,12 +211,27 @@ impl BodySpool {
         if self.file.is_none() && !self.grow_in_memory(data.len()) {
             self.file = Some(tempfile::tempfile()?);
             self.release();
-        }
-        self.mem.extend_from_slice(data);
-        if self.file.is_some() && self.mem.len() >= FILE_STAGING {
+            // What was in memory becomes the first staged write; the buffer itself
+            // is not kept.
             self.flush_staging()?;
+            self.mem = Vec::new();
         }
-        Ok(())
+        match self.file.as_mut() {
+            // Large pieces (what one read of a Content-Length body gives) go straight
+            // to the file: no staging memory, no copy.
+            Some(file) if self.mem.is_empty() && data.len() >= DIRECT_WRITE => file.write_all(data),
+            Some(_) => {
+                self.mem.extend_from_slice(data);
+                if self.mem.len() >= FILE_STAGING {
+                    self.flush_staging()?;
+                }
+                Ok(())
+            }
+            None => {
+                self.mem.extend_from_slice(data);
+                Ok(())
+            }
+        }
     }
 
     /// Makes room in memory for `more` bytes, within `overflow` and the budget.
@@ -237,11 +255,12 @@ impl BodySpool {
     }
 
     /// Ends a batch of received bytes: what is staged for the file is written now, so
-    /// that a client that stops sending pins no staging memory.
+    /// that a client that stops sending pins no staging memory. (A batch is one
+    /// `recv` of up to 64 KiB, so this costs no extra writes for large pieces; the
+    /// staging buffer is kept for the next batch.)
     pub fn end_batch(&mut self) -> io::Result<()> {
         if self.file.is_some() && !self.mem.is_empty() {
             self.flush_staging()?;
-            self.mem = Vec::new();
         }
         Ok(())
     }
