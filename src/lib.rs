@@ -6,6 +6,7 @@
 
 pub mod config;
 pub mod http;
+pub mod proxy;
 pub mod server;
 pub mod threads;
 pub mod wsgi;
@@ -29,7 +30,8 @@ fn _tapster(m: &Bound<'_, PyModule>) -> PyResult<()> {
 }
 
 /// Process-wide counters, for tests and monitoring: how many responses went out with
-/// `sendfile(2)` and how many bytes.
+/// `sendfile(2)` and how many bytes, and how many worker threads a shutdown left
+/// inside the application.
 #[pyfunction]
 fn stats(py: Python<'_>) -> PyResult<Bound<'_, pyo3::types::PyDict>> {
     use std::sync::atomic::Ordering;
@@ -41,6 +43,10 @@ fn stats(py: Python<'_>) -> PyResult<Bound<'_, pyo3::types::PyDict>> {
     d.set_item(
         "sendfile_bytes",
         server::responder::SENDFILE_BYTES.load(Ordering::Relaxed),
+    )?;
+    d.set_item(
+        "abandoned_threads",
+        wsgi::pool::ABANDONED_THREADS.load(Ordering::Relaxed),
     )?;
     Ok(d)
 }

@@ -2,15 +2,51 @@
 //! connection task drives them: bytes arrive in pieces (cut where the input's first
 //! byte says), heads are parsed, bodies decoded, pipelined requests follow.
 //!
+//! Each parsed head also goes through what the application side does with it before
+//! any Python runs: the request-target helpers (path and query, percent-decoding,
+//! PATH_INFO under a prefix, the absolute-form authority) and the trusted-proxy
+//! decision, with every forwarding header trusted from the peer.
+//!
 //! Checks: nothing panics; a request fed in pieces parses exactly as when fed whole;
-//! the decoder never consumes more than it was given; limits hold.
+//! the decoder never consumes more than it was given; limits hold; the target helpers
+//! only ever shorten what they are given.
 
 #![no_main]
 
 use bytes::BytesMut;
 use libfuzzer_sys::fuzz_target;
 
-use _tapster::http::{BodyDecoder, HeadLimits, HeadParser};
+use _tapster::http::target::{
+    absolute_form_authority, collapse_leading_slashes, percent_decode, split_target, strip_prefix,
+};
+use _tapster::http::{BodyDecoder, HeadLimits, HeadParser, RequestHead};
+use _tapster::proxy::{self, ProxyConfig, TrustedPeers, ALL_HEADERS, FORWARDED};
+
+/// The target and proxy logic on one head: nothing panics, nothing grows.
+fn application_side(head: &RequestHead) {
+    let target = head.target();
+    let (path, query) = split_target(target);
+    assert!(path.len() + query.len() <= target.len());
+    let decoded = percent_decode(path);
+    assert!(decoded.len() <= path.len());
+    let collapsed = collapse_leading_slashes(&decoded);
+    let info = strip_prefix(collapsed, b"/app");
+    assert!(collapsed.ends_with(info));
+    if let Some(authority) = absolute_form_authority(target) {
+        assert!(authority.len() < target.len());
+    }
+    // Every X-Forwarded header trusted, then Forwarded alone (they are exclusive).
+    for headers in [ALL_HEADERS & !FORWARDED, FORWARDED] {
+        let config = ProxyConfig {
+            trusted: TrustedPeers::Everyone,
+            count: 2,
+            headers,
+            clear_untrusted: true,
+            log_untrusted: true,
+        };
+        let _ = proxy::decide(&config, head, "127.0.0.1", "http");
+    }
+}
 
 /// What feeding `input` produced: per request, its target, fields and body, or the
 /// status that refused it.
@@ -50,6 +86,7 @@ fn run(input: &[u8], piece: usize, limits: &HeadLimits) -> Vec<Result<(Vec<u8>, 
                 Ok(Some(head)) => {
                     assert!(head.wire_len() < limits.max_head_bytes);
                     assert!(head.fields().len() <= limits.max_headers);
+                    application_side(&head);
                     let fields = head.fields().map(|(n, v)| (n.to_vec(), v.to_vec())).collect();
                     let request = (head.target().to_vec(), fields, Vec::new());
                     match BodyDecoder::new(head.framing, limits.max_body_bytes) {

@@ -53,4 +53,5 @@ class InputStream:
     def close(self) -> None: ...
 
 def stats() -> dict[str, int]:
-    """Process-wide counters: `sendfile_responses`, `sendfile_bytes`."""
+    """Process-wide counters: `sendfile_responses`, `sendfile_bytes`, and
+    `abandoned_threads` (worker threads a shutdown left inside the application)."""

@@ -9,9 +9,9 @@ import logging
 import os
 import pkgutil
 import sys
-from typing import IO, Any, Callable
+from typing import IO, Any, Callable, NoReturn
 
-from tapster import serve
+from tapster import _tapster, serve
 from tapster.adjustments import BOOLEANS, HELP, PARAMS, Adjustments
 
 USAGE = """\
@@ -109,7 +109,25 @@ def run(argv: list[str] | None = None, _serve: Callable[..., Any] = serve) -> in
         app = app()
     del kw["help"]
     _serve(app, **kw)
+    if _tapster.stats()["abandoned_threads"]:
+        exit_without_finalizing(0)
     return 0
+
+
+def exit_without_finalizing(status: int) -> NoReturn:
+    """Ends the process at once, after flushing the logs and standard streams.
+
+    Used when a shutdown gave up on threads still inside the application: they cannot
+    be stopped, and finalizing the interpreter under them is what makes a process
+    abort at exit. Exit handlers (`atexit`) do not run, as under a supervisor's kill.
+    """
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(status)
 
 
 def main() -> None:

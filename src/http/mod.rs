@@ -4,9 +4,11 @@
 
 pub mod body;
 pub mod date;
+pub mod encoder;
 pub mod error;
 pub mod request;
 pub mod response;
+pub mod target;
 pub mod version;
 
 #[cfg(test)]

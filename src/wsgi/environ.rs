@@ -4,7 +4,6 @@
 //! change (protocol names, common methods, url scheme, server name) are cached objects,
 //! so a typical request allocates only the strings that really differ.
 
-use std::borrow::Cow;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, Weak};
@@ -12,10 +11,12 @@ use std::sync::{Arc, Mutex, Weak};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyModule, PyString, PyTuple};
 
-use super::proxy::{self, ForwardingValues, Malformed, Overrides, ProxyConfig};
 use super::WsgiConfig;
-use crate::http::request::has_http_scheme;
+use crate::http::target::{
+    absolute_form_authority, collapse_leading_slashes, percent_decode, split_target, strip_prefix,
+};
 use crate::http::{BodyFraming, RequestHead, Version};
+use crate::proxy::{self, Overrides, ProxyConfig};
 use crate::server::{ConnInfo, Peer};
 
 /// A Python `str` from bytes taken as latin-1 (PEP 3333's "bytes tunnelled in str").
@@ -139,18 +140,6 @@ pub struct EnvironTemplate {
     proxy: ProxyConfig,
     /// The default scheme (trusted proxies may override it per request).
     url_scheme: String,
-}
-
-/// What the environ builder decided about a request's forwarding headers.
-pub enum ProxyDecision {
-    /// Build the environ with these headers removed (bits of `proxy::HEADERS`) and,
-    /// for a trusted peer, these overrides.
-    Build {
-        drop: u8,
-        overrides: Option<Overrides>,
-    },
-    /// A trusted proxy sent a header that cannot be used: answer 400.
-    Reject(Malformed),
 }
 
 /// Python objects made once per connection.
@@ -332,80 +321,18 @@ impl EnvironTemplate {
         String::from_utf8_lossy(path).into_owned()
     }
 
-    /// Decides what to do with the request's forwarding headers (Waitress's proxy
-    /// middleware): which to drop, and what a trusted peer's headers change. Also
-    /// returns log lines (unknown Forwarded tokens, removed untrusted headers).
+    /// What to do with the request's forwarding headers (`proxy::decide` with this
+    /// server's proxy options and the peer's address).
     pub fn proxy_decision(
         &self,
         head: &RequestHead,
         conn: &ConnInfo,
-    ) -> (ProxyDecision, Vec<String>) {
-        let config = &self.proxy;
-        let mut logs = Vec::new();
-        let mut values = ForwardingValues::default();
-        for (name, value) in head.fields() {
-            let Some(bit) = proxy::header_bit(name) else {
-                continue;
-            };
-            let text: String = value.iter().map(|&b| b as char).collect();
-            let joined = match values.values[bit_index(bit)].take() {
-                Some(earlier) => format!("{earlier}, {text}"),
-                None => text,
-            };
-            values.set(bit, joined);
-        }
-        let present = values.present();
-        if present == 0 && config.trusted.is_nobody() {
-            return (
-                ProxyDecision::Build {
-                    drop: 0,
-                    overrides: None,
-                },
-                logs,
-            );
-        }
-        let peer = peer_text(&conn.peer);
-        let mut overrides = None;
-        let mut untrusted = proxy::ALL_HEADERS;
-        if config.trusted.trusts(&peer) {
-            match proxy::evaluate(config, &values, &self.url_scheme) {
-                Ok(o) => {
-                    untrusted = o.untrusted;
-                    for token in &o.unknown_tokens {
-                        logs.push(format!("Unknown Forwarded token: {token}"));
-                    }
-                    overrides = Some(o);
-                }
-                Err(bad) => {
-                    logs.push(format!(
-                        "Malformed proxy header \"{}\" from \"{peer}\": {} value: {}",
-                        bad.header, bad.reason, bad.value
-                    ));
-                    return (ProxyDecision::Reject(bad), logs);
-                }
-            }
-        }
-        let drop = if config.clear_untrusted {
-            untrusted & present
-        } else {
-            0
-        };
-        if config.log_untrusted && drop != 0 {
-            let names: Vec<&str> = proxy::HEADERS
-                .iter()
-                .filter(|(bit, _, _)| drop & bit != 0)
-                .map(|(_, _, name)| *name)
-                .collect();
-            logs.push(format!(
-                "Removed untrusted headers ({}). Tapster recommends these be removed upstream.",
-                names.join(", ")
-            ));
-        }
-        (ProxyDecision::Build { drop, overrides }, logs)
+    ) -> (proxy::Decision, Vec<String>) {
+        proxy::decide(&self.proxy, head, &peer_text(&conn.peer), &self.url_scheme)
     }
 
     /// Builds the environ; `input` is `wsgi.input`; `drop` and `overrides` come from
-    /// `proxy_decision`.
+    /// `proxy::decide`.
     #[allow(clippy::too_many_arguments)]
     pub fn build<'py>(
         &self,
@@ -548,10 +475,6 @@ impl EnvironTemplate {
     }
 }
 
-fn bit_index(bit: u8) -> usize {
-    bit.trailing_zeros() as usize
-}
-
 /// REMOTE_ADDR as text: the peer's IP address, or `localhost` on a Unix socket.
 fn peer_text(peer: &Peer) -> String {
     match peer {
@@ -570,140 +493,4 @@ fn peer_text(peer: &Peer) -> String {
 /// alike (names with `_` never get here).
 fn same_key(a: &[u8], b: &[u8]) -> bool {
     a.eq_ignore_ascii_case(b)
-}
-
-/// Splits a request target into (path, query), dropping any fragment. Absolute-form
-/// targets lose their scheme and authority; `*` stays `*`.
-pub fn split_target(target: &[u8]) -> (&[u8], &[u8]) {
-    let without_fragment = match memchr::memchr(b'#', target) {
-        Some(i) => &target[..i],
-        None => target,
-    };
-    let (path, query) = match memchr::memchr(b'?', without_fragment) {
-        Some(i) => (&without_fragment[..i], &without_fragment[i + 1..]),
-        None => (without_fragment, &b""[..]),
-    };
-    if !path.starts_with(b"/") && has_http_scheme(path) {
-        let after_scheme = memchr::memmem::find(path, b"://").map_or(0, |i| i + 3);
-        let rest = &path[after_scheme..];
-        let path = match memchr::memchr(b'/', rest) {
-            Some(i) => &rest[i..],
-            None => &b""[..],
-        };
-        return (path, query);
-    }
-    (path, query)
-}
-
-/// The authority (`host[:port]`) of an absolute-form target, `None` for other forms.
-pub fn absolute_form_authority(target: &[u8]) -> Option<&[u8]> {
-    if target.starts_with(b"/") || !has_http_scheme(target) {
-        return None;
-    }
-    let after_scheme = memchr::memmem::find(target, b"://")? + 3;
-    let rest = &target[after_scheme..];
-    let end = rest
-        .iter()
-        .position(|&b| matches!(b, b'/' | b'?' | b'#'))
-        .unwrap_or(rest.len());
-    Some(&rest[..end])
-}
-
-/// `%XX` sequences become bytes; anything else (including a bad `%`) is kept as is.
-pub fn percent_decode(path: &[u8]) -> Cow<'_, [u8]> {
-    if !path.contains(&b'%') {
-        return Cow::Borrowed(path);
-    }
-    let hex = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
-    let mut out = Vec::with_capacity(path.len());
-    let mut i = 0;
-    while i < path.len() {
-        if path[i] == b'%' && i + 2 < path.len() {
-            if let (Some(h), Some(l)) = (hex(path[i + 1]), hex(path[i + 2])) {
-                out.push(h << 4 | l);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(path[i]);
-        i += 1;
-    }
-    Cow::Owned(out)
-}
-
-/// `///a//b` → `/a//b`: only the leading run of slashes collapses.
-pub fn collapse_leading_slashes(path: &[u8]) -> &[u8] {
-    let slashes = path.iter().take_while(|&&b| b == b'/').count();
-    if slashes > 1 {
-        &path[slashes - 1..]
-    } else {
-        path
-    }
-}
-
-/// PATH_INFO under `url_prefix`: `""` for the prefix itself, the rest for paths below it,
-/// and the path unchanged otherwise.
-pub fn strip_prefix<'a>(path: &'a [u8], prefix: &[u8]) -> &'a [u8] {
-    if prefix.is_empty() {
-        return path;
-    }
-    if path == prefix {
-        return b"";
-    }
-    if path.starts_with(prefix) && path.get(prefix.len()) == Some(&b'/') {
-        return &path[prefix.len()..];
-    }
-    path
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn targets() {
-        assert_eq!(split_target(b"/a/b?x=1&y"), (&b"/a/b"[..], &b"x=1&y"[..]));
-        assert_eq!(split_target(b"/a#frag?x"), (&b"/a"[..], &b""[..]));
-        assert_eq!(split_target(b"http://h:99/p?q"), (&b"/p"[..], &b"q"[..]));
-        assert_eq!(split_target(b"http://h"), (&b""[..], &b""[..]));
-        assert_eq!(split_target(b"*"), (&b"*"[..], &b""[..]));
-        assert_eq!(split_target(b"//x/y?z"), (&b"//x/y"[..], &b"z"[..]));
-    }
-
-    #[test]
-    fn authorities() {
-        assert_eq!(
-            absolute_form_authority(b"http://h:99/p?q"),
-            Some(&b"h:99"[..])
-        );
-        assert_eq!(
-            absolute_form_authority(b"https://example.com"),
-            Some(&b"example.com"[..])
-        );
-        assert_eq!(
-            absolute_form_authority(b"http://e.com?x"),
-            Some(&b"e.com"[..])
-        );
-        assert_eq!(absolute_form_authority(b"/p"), None);
-        assert_eq!(absolute_form_authority(b"*"), None);
-    }
-
-    #[test]
-    fn decoding() {
-        assert_eq!(&*percent_decode(b"/a%2Fb%e9%zz%4"), b"/a/b\xe9%zz%4");
-        assert_eq!(&*percent_decode(b"/%"), b"/%");
-        assert_eq!(&*percent_decode(b"/%4"), b"/%4");
-        assert_eq!(&*percent_decode(b"/%41"), b"/A");
-        assert_eq!(collapse_leading_slashes(b"///abc"), b"/abc");
-        assert_eq!(collapse_leading_slashes(b"//x//y"), b"/x//y");
-        assert_eq!(collapse_leading_slashes(b"/x"), b"/x");
-    }
-
-    #[test]
-    fn prefixes() {
-        assert_eq!(strip_prefix(b"/app", b"/app"), b"");
-        assert_eq!(strip_prefix(b"/app/x", b"/app"), b"/x");
-        assert_eq!(strip_prefix(b"/apple", b"/app"), b"/apple");
-        assert_eq!(strip_prefix(b"/x", b""), b"/x");
-    }
 }

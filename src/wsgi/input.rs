@@ -19,6 +19,11 @@ pub struct Input {
 }
 
 impl Input {
+    /// Lets the body go (the request is over); reads from now on find nothing.
+    pub fn release(&mut self) {
+        self.body = Body::Empty;
+    }
+
     pub fn new(body: Body) -> Input {
         Input {
             body,

@@ -11,7 +11,6 @@ pub mod file_wrapper;
 pub mod input;
 pub mod log;
 pub mod pool;
-pub mod proxy;
 pub mod py_server;
 pub mod start_response;
 
@@ -28,7 +27,7 @@ pub struct WsgiConfig {
     pub expose_tracebacks: bool,
     /// Trusted proxies and what to believe from them; also whether to remove and log
     /// forwarding headers that are not trusted.
-    pub proxy: proxy::ProxyConfig,
+    pub proxy: crate::proxy::ProxyConfig,
 }
 
 impl Default for WsgiConfig {
@@ -38,10 +37,10 @@ impl Default for WsgiConfig {
             url_prefix: String::new(),
             server_name: "waitress.invalid".into(),
             expose_tracebacks: false,
-            proxy: proxy::ProxyConfig {
+            proxy: crate::proxy::ProxyConfig {
                 count: 1,
                 clear_untrusted: true,
-                ..proxy::ProxyConfig::default()
+                ..crate::proxy::ProxyConfig::default()
             },
         }
     }

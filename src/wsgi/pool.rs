@@ -428,6 +428,7 @@ impl Pool {
             }
         }
         if busy > 0 {
+            ABANDONED_THREADS.fetch_add(busy as u64, Ordering::Relaxed);
             self.shared.discard_requests();
         }
         busy
@@ -496,6 +497,11 @@ fn run<R: Runner>(py: Python<'_>, runner: &Arc<R>, shared: &PoolShared, job: Job
     }
 }
 
+/// Worker threads a shutdown gave up on (still inside the application at its
+/// deadline), in this process. Exposed in `tapster._tapster.stats()`: the command line
+/// then exits without finalizing the interpreter under them.
+pub static ABANDONED_THREADS: AtomicU64 = AtomicU64::new(0);
+
 /// Keeps a worker thread that Python ends from reaching `catch_unwind`.
 ///
 /// CPython before 3.14 ends a thread that asks for the GIL once the interpreter is
@@ -506,12 +512,19 @@ fn run<R: Runner>(py: Python<'_>, runner: &Arc<R>, shared: &PoolShared, job: Job
 /// the exit status the program chose. This guard's destructor runs during that unwind
 /// and parks the thread for good instead, as Python 3.14 does itself; the process then
 /// exits normally. It is forgotten when the job returns, and lets a Rust panic pass.
+/// Any other unwind that is not a Rust panic (a C++ exception out of an extension
+/// module) while no shutdown has abandoned threads is a fault: the process aborts,
+/// as it would without the guard, saying why.
 struct HangOnThreadExit;
 
 impl Drop for HangOnThreadExit {
     fn drop(&mut self) {
         if std::thread::panicking() {
             return;
+        }
+        if ABANDONED_THREADS.load(Ordering::Relaxed) == 0 {
+            eprintln!("tapster: a foreign exception unwound through a worker thread; aborting");
+            std::process::abort();
         }
         loop {
             std::thread::park();

@@ -17,10 +17,10 @@ use super::exchange::AppContext;
 use super::file_wrapper::{FileWrapper, ZeroCopyTypes};
 use super::log::{Control, Loggers};
 use super::pool::{Pool, PoolShared};
-use super::proxy::{self, ProxyConfig, TrustedPeers};
 use super::start_response::ResponseSettings;
 use super::WsgiConfig;
 use crate::config::Config;
+use crate::proxy::{self, ProxyConfig, TrustedPeers};
 use crate::server::{
     self, Dispatcher, EventLog, ListenerInfo, ListenerKind, ListenerSpec, LogLevel,
 };

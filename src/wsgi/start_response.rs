@@ -13,10 +13,10 @@ use pyo3::types::{PyBytes, PyString};
 use smallvec::SmallVec;
 
 use super::log::Loggers;
+use crate::http::encoder::{BodyEncoder, Ending};
 use crate::http::request::{is_tchar, Version};
 use crate::http::response::{
-    chunk_header, status_code, write_head, BodyMode, Framing, FramingInput, ServerHeader,
-    CHUNK_END, LAST_CHUNK,
+    status_code, write_head, BodyMode, Framing, FramingInput, ServerHeader, CHUNK_END, LAST_CHUNK,
 };
 use crate::server::responder::{Delivery, Part};
 use crate::server::{ClientGone, ConnInfo, FileSegment, LogLevel, Responder};
@@ -69,8 +69,9 @@ enum Head {
     /// `text`); nothing has been sent, so `start_response` with `exc_info` may still
     /// replace them.
     Set { status_len: usize },
-    /// The head went out with this framing; nothing about it can change.
-    Sent(Framing),
+    /// The head went out with this framing; nothing about it can change. `body`
+    /// frames what follows.
+    Sent { framing: Framing, body: BodyEncoder },
 }
 
 /// The state of one response, shared by `start_response`, `write` and the driver.
@@ -89,8 +90,6 @@ pub struct ResponseState {
     content_length: Option<u64>,
     app_sent_date: bool,
     app_sent_server: bool,
-    /// Body bytes sent so far (after any truncation to Content-Length).
-    sent: u64,
     warned_excess: bool,
     warned_suppressed: bool,
 }
@@ -115,7 +114,6 @@ impl ResponseState {
             content_length: None,
             app_sent_date: false,
             app_sent_server: false,
-            sent: 0,
             warned_excess: false,
             warned_suppressed: false,
         }
@@ -126,13 +124,13 @@ impl ResponseState {
     }
 
     pub fn head_sent(&self) -> bool {
-        matches!(self.head, Head::Sent(_))
+        matches!(self.head, Head::Sent { .. })
     }
 
-    /// The framing the head announced, once it is out.
-    fn framing(&self) -> Option<Framing> {
-        match self.head {
-            Head::Sent(framing) => Some(framing),
+    /// The framing of the body, once the head is out.
+    fn body(&mut self) -> Option<&mut BodyEncoder> {
+        match &mut self.head {
+            Head::Sent { body, .. } => Some(body),
             Head::NotStarted | Head::Set { .. } => None,
         }
     }
@@ -262,7 +260,7 @@ impl ResponseState {
                     "start_response was not called before body written",
                 ))
             }
-            Head::Sent(_) => return Ok(()),
+            Head::Sent { .. } => return Ok(()),
         };
         let framing = Framing::decide(FramingInput {
             version: self.facts.version,
@@ -286,7 +284,10 @@ impl ResponseState {
             server,
             &framing,
         );
-        self.head = Head::Sent(framing);
+        self.head = Head::Sent {
+            framing,
+            body: BodyEncoder::new(framing.body),
+        };
         Ok(())
     }
 
@@ -319,56 +320,43 @@ impl ResponseState {
             self.commit_head(&mut out.buf).map_err(SendError::Python)?;
             out.mark();
         }
-        let Some(framing) = self.framing() else {
+        let Some(body) = self.body() else {
             return Ok(());
         };
+        let mut excess = false;
+        let mut suppressed = false;
         for piece in pieces {
-            let data = piece.as_bytes();
-            if data.is_empty() {
-                continue;
+            let framed = body.frame(piece.as_bytes().len() as u64);
+            if let Some(header) = framed.header {
+                out.small(header.as_bytes());
             }
-            match framing.body {
-                BodyMode::Suppressed => {
-                    if !self.facts.head_request && !self.warned_suppressed {
-                        self.warned_suppressed = true;
-                        self.loggers.log(
-                            py,
-                            LogLevel::Warning,
-                            "application-written content was ignored due to HTTP response that may not contain a message-body",
-                        );
-                    }
-                    self.sent += data.len() as u64;
-                }
-                BodyMode::Length(n) => {
-                    let allowed = n.saturating_sub(self.sent);
-                    let take = if (data.len() as u64) > allowed {
-                        if !self.warned_excess {
-                            self.warned_excess = true;
-                            self.loggers.log(
-                                py,
-                                LogLevel::Warning,
-                                &format!("application-written content exceeded the number of bytes specified by Content-Length header ({n})"),
-                            );
-                        }
-                        allowed as usize
-                    } else {
-                        data.len()
-                    };
-                    self.sent += take as u64;
-                    out.body(piece, take);
-                }
-                BodyMode::Chunked => {
-                    let (prefix, len) = chunk_header(data.len());
-                    self.sent += data.len() as u64;
-                    out.small(&prefix[..len]);
-                    out.body(piece, data.len());
-                    out.small(CHUNK_END);
-                }
-                BodyMode::UntilClose => {
-                    self.sent += data.len() as u64;
-                    out.body(piece, data.len());
-                }
+            if framed.take > 0 {
+                out.body(piece, framed.take as usize);
             }
+            if framed.chunk_end {
+                out.small(CHUNK_END);
+            }
+            excess |= framed.excess > 0;
+            suppressed |= framed.suppressed > 0;
+        }
+        let mode = body.mode();
+        if excess && !self.warned_excess {
+            self.warned_excess = true;
+            if let BodyMode::Length(n) = mode {
+                self.loggers.log(
+                    py,
+                    LogLevel::Warning,
+                    &format!("application-written content exceeded the number of bytes specified by Content-Length header ({n})"),
+                );
+            }
+        }
+        if suppressed && !self.facts.head_request && !self.warned_suppressed {
+            self.warned_suppressed = true;
+            self.loggers.log(
+                py,
+                LogLevel::Warning,
+                "application-written content was ignored due to HTTP response that may not contain a message-body",
+            );
         }
         Ok(())
     }
@@ -386,32 +374,29 @@ impl ResponseState {
         if !self.head_sent() {
             self.send(py, &[])?;
         }
-        let len = match self.framing().map(|f| f.body) {
-            Some(BodyMode::Length(n)) => len.min(n.saturating_sub(self.sent)),
-            Some(BodyMode::Chunked | BodyMode::UntilClose) => len,
-            Some(BodyMode::Suppressed) | None => 0,
+        // Capped at what the framing still allows; a file larger than the declared
+        // Content-Length is normal (an application's smaller length is honoured).
+        let Some(framed) = self.body().map(|body| body.frame(len)) else {
+            return Ok(());
         };
-        if len == 0 {
+        if framed.take == 0 {
             return Ok(());
         }
         crate::server::responder::SENDFILE_RESPONSES
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        if self.framing().map(|f| f.body) == Some(BodyMode::Chunked) {
-            let (prefix, n) = chunk_header(usize::try_from(len).unwrap_or(usize::MAX));
-            let responder = &self.responder;
-            py.detach(|| responder.send(&[Part::Borrowed(&prefix[..n])], Delivery::Queued))
+        let responder = &self.responder;
+        if let Some(header) = framed.header {
+            py.detach(|| responder.send(&[Part::Borrowed(header.as_bytes())], Delivery::Queued))
                 .map_err(|ClientGone| SendError::Gone)?;
         }
-        self.sent += len;
-        self.responder
+        responder
             .send_file(FileSegment {
                 file: Arc::new(file),
                 offset,
-                len,
+                len: framed.take,
             })
             .map_err(|ClientGone| SendError::Gone)?;
-        if self.framing().map(|f| f.body) == Some(BodyMode::Chunked) {
-            let responder = &self.responder;
+        if framed.chunk_end {
             py.detach(|| responder.send(&[Part::Borrowed(CHUNK_END)], Delivery::Queued))
                 .map_err(|ClientGone| SendError::Gone)?;
         }
@@ -426,29 +411,29 @@ impl ResponseState {
             self.body_known(0);
             self.send(py, &[])?;
         }
-        let Some(framing) = self.framing() else {
-            return Ok(());
+        let (keep_alive, ending) = match &self.head {
+            Head::Sent { framing, body } => (framing.keep_alive, body.finish()),
+            Head::NotStarted | Head::Set { .. } => return Ok(()),
         };
-        let mut keep_alive = framing.keep_alive;
-        match framing.body {
-            BodyMode::Length(n) if self.sent < n => {
+        let keep_alive = match ending {
+            Ending::Short { sent, declared } => {
                 self.loggers.log(
                     py,
                     LogLevel::Warning,
                     &format!(
-                        "application returned too few bytes ({}) for specified Content-Length ({n}) via app_iter",
-                        self.sent
+                        "application returned too few bytes ({sent}) for specified Content-Length ({declared}) via app_iter"
                     ),
                 );
-                keep_alive = false;
+                false
             }
-            BodyMode::Chunked => {
+            Ending::LastChunk => {
                 let responder = &self.responder;
                 py.detach(|| responder.send(&[Part::Borrowed(LAST_CHUNK)], Delivery::Direct))
                     .map_err(|ClientGone| SendError::Gone)?;
+                keep_alive
             }
-            _ => {}
-        }
+            Ending::Complete => keep_alive,
+        };
         self.responder.finish(keep_alive);
         Ok(())
     }

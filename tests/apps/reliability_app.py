@@ -193,7 +193,19 @@ def write_race(environ: dict[str, Any], start_response: StartResponse, p: dict[s
     return [b"tail"]
 
 
+_kept_environs: list[dict[str, Any]] = []
+
+
+def keep_environ(environ: dict[str, Any], start_response: StartResponse, p: dict[str, str]) -> Iterable[bytes]:
+    """Reads the body, then keeps the environ (and so wsgi.input) for good, as a
+    framework's reference cycle or a careless cache would."""
+    size = len(environ["wsgi.input"].read())
+    _kept_environs.append(environ)
+    return _text(start_response, f"{size} {len(_kept_environs)}")
+
+
 ROUTES: dict[str, Handler] = {
+    "keep-environ": keep_environ,
     "bigfile": bigfile,
     "enter": enter,
     "hold": hold,

@@ -9,6 +9,8 @@
 
 use std::net::IpAddr;
 
+use crate::http::RequestHead;
+
 /// The forwarding headers, as bits.
 pub const X_FORWARDED_FOR: u8 = 1;
 pub const X_FORWARDED_HOST: u8 = 2;
@@ -156,6 +158,18 @@ fn in_network(ip: IpAddr, net: IpAddr, prefix: u8) -> bool {
     }
 }
 
+/// What the environ builder decided about a request's forwarding headers.
+pub enum Decision {
+    /// Build the environ with these headers removed (bits of `HEADERS`) and,
+    /// for a trusted peer, these overrides.
+    Build {
+        drop: u8,
+        overrides: Option<Overrides>,
+    },
+    /// A trusted proxy sent a header that cannot be used: answer 400.
+    Reject(Malformed),
+}
+
 /// The proxy options, validated by the Python layer.
 #[derive(Clone, Debug, Default)]
 pub struct ProxyConfig {
@@ -289,6 +303,17 @@ fn trimmed_raw(value: &str, count: usize) -> String {
     py_strip(&last_hops(&raw, count).join(",")).to_owned()
 }
 
+/// What the trusted headers say so far, before it becomes `Overrides`.
+#[derive(Default)]
+struct Claims {
+    client_addr: Option<String>,
+    host: String,
+    proto: String,
+    port: String,
+}
+
+const SINGLE: &str = "Unspecified behavior for multiple values found in header";
+
 /// Applies a trusted peer's forwarding headers. `url_scheme` is the server's default
 /// scheme (used to decide whether HTTP_HOST needs an explicit port).
 pub fn evaluate(
@@ -302,148 +327,263 @@ pub fn evaluate(
         untrusted: ALL_HEADERS,
         ..Overrides::default()
     };
-    let mut client_addr: Option<String> = None;
-    let mut forwarded_host = String::new();
-    let mut forwarded_proto = String::new();
-    let mut forwarded_port = String::new();
-
+    let mut claims = Claims::default();
     if trusted & X_FORWARDED_FOR != 0 {
         if let Some(value) = values.get(X_FORWARDED_FOR) {
-            let mut hops = Vec::new();
-            for hop in value.split(',') {
-                let hop =
-                    undquote(py_strip(hop)).map_err(|e| malformed("X-Forwarded-For", e, value))?;
-                if !hop.contains('.') && hop.contains(':') && !hop.ends_with(']') {
-                    hops.push(format!("[{hop}]"));
-                } else {
-                    hops.push(hop);
-                }
-            }
-            client_addr = last_hops(&hops, count).into_iter().next();
-            out.untrusted &= !X_FORWARDED_FOR;
-            out.rewritten
-                .push((X_FORWARDED_FOR, trimmed_raw(value, count)));
+            claims.client_addr = x_forwarded_for(value, count)?;
+            out.trust(X_FORWARDED_FOR, trimmed_raw(value, count));
         }
     }
     if trusted & X_FORWARDED_HOST != 0 {
         if let Some(value) = values.get(X_FORWARDED_HOST) {
-            let mut hosts = Vec::new();
-            for host in value.split(',') {
-                hosts.push(
-                    undquote(py_strip(host))
-                        .map_err(|e| malformed("X-Forwarded-Host", e, value))?,
-                );
-            }
-            forwarded_host = last_hops(&hosts, count)
-                .into_iter()
-                .next()
-                .unwrap_or_default();
-            out.untrusted &= !X_FORWARDED_HOST;
-            out.rewritten
-                .push((X_FORWARDED_HOST, trimmed_raw(value, count)));
+            claims.host = x_forwarded_host(value, count)?;
+            out.trust(X_FORWARDED_HOST, trimmed_raw(value, count));
         }
     }
-    let single = "Unspecified behavior for multiple values found in header";
     if trusted & X_FORWARDED_PROTO != 0 {
-        let value = values.get(X_FORWARDED_PROTO).unwrap_or("");
-        forwarded_proto = undquote(value).map_err(|e| malformed("X-Forwarded-Proto", e, value))?;
-        if forwarded_proto.contains(',') {
-            return Err(malformed("X-Forwarded-Proto", single, value));
-        }
+        claims.proto = single_value("X-Forwarded-Proto", values.get(X_FORWARDED_PROTO))?;
         out.untrusted &= !X_FORWARDED_PROTO;
     }
     if trusted & X_FORWARDED_PORT != 0 {
-        let value = values.get(X_FORWARDED_PORT).unwrap_or("");
-        forwarded_port = undquote(value).map_err(|e| malformed("X-Forwarded-Port", e, value))?;
-        if forwarded_port.contains(',') {
-            return Err(malformed("X-Forwarded-Port", single, value));
-        }
+        claims.port = single_value("X-Forwarded-Port", values.get(X_FORWARDED_PORT))?;
         out.untrusted &= !X_FORWARDED_PORT;
     }
     if trusted & X_FORWARDED_BY != 0 {
         out.untrusted &= !X_FORWARDED_BY;
     }
-    let mut forwarded: Option<&str> = None;
+    let mut forwarded = None;
     if trusted & FORWARDED != 0 {
-        forwarded = values.get(FORWARDED);
+        forwarded = values.get(FORWARDED).filter(|v| !v.is_empty());
         out.untrusted = ALL_HEADERS & !FORWARDED;
     }
-    if let Some(value) = forwarded.filter(|v| !v.is_empty()) {
-        let elements = parse_forwarded(value, &mut out.unknown_tokens)
-            .map_err(|e| malformed("Forwarded", e, value))?;
-        out.rewritten.push((FORWARDED, trimmed_raw(value, count)));
-        // The oldest trusted element that has a value wins; the last element's value
-        // (possibly empty) when none has.
-        let window = last_hops(&elements, count);
-        if let Some(last) = elements.last() {
-            forwarded_host = last.host.clone();
-            forwarded_proto = last.proto.clone();
-        }
-        forwarded_port.clear();
-        for element in window.iter().rev() {
-            if !element.for_.is_empty() {
-                client_addr = Some(element.for_.clone());
-            }
-            if !element.host.is_empty() {
-                forwarded_host = element.host.clone();
-            }
-            if !element.proto.is_empty() {
-                forwarded_proto = element.proto.clone();
-            }
-        }
+    if let Some(value) = forwarded {
+        apply_forwarded(value, count, &mut claims, &mut out)?;
     }
-
-    let mut scheme = url_scheme.to_owned();
-    if !forwarded_proto.is_empty() {
-        let proto = forwarded_proto.to_lowercase();
-        if proto != "http" && proto != "https" {
-            let header = if forwarded.is_some_and(|f| !f.is_empty()) {
-                "Forwarded Proto="
-            } else {
-                "X-Forwarded-Proto"
-            };
-            return Err(malformed(header, "unsupported proto value", &proto));
-        }
-        if forwarded_port.is_empty() {
-            forwarded_port = if proto == "http" { "80" } else { "443" }.to_owned();
-        }
-        scheme = proto.clone();
-        out.url_scheme = Some(proto);
+    let scheme = apply_proto(&mut claims, forwarded.is_some(), url_scheme, &mut out)?;
+    apply_host(&mut claims, &scheme, &mut out);
+    if !claims.port.is_empty() {
+        out.server_port = Some(std::mem::take(&mut claims.port));
     }
-    if !forwarded_host.is_empty() {
-        if forwarded_host.contains(':') && !forwarded_host.ends_with(']') {
-            let (host, port) = forwarded_host
-                .rsplit_once(':')
-                .unwrap_or((&forwarded_host, ""));
-            forwarded_port = port.to_owned();
-            out.server_name = Some(py_strip(host).to_owned());
-            out.http_host = Some(forwarded_host.clone());
-        } else {
-            out.server_name = Some(forwarded_host.clone());
-            let explicit_port = !forwarded_port.is_empty()
-                && (!matches!(forwarded_port.as_str(), "80" | "443")
-                    || (forwarded_port == "80" && scheme != "http")
-                    || (forwarded_port == "443" && scheme != "https"));
-            out.http_host = Some(if explicit_port {
-                format!("{forwarded_host}:{forwarded_port}")
-            } else {
-                forwarded_host.clone()
-            });
-        }
-    }
-    if !forwarded_port.is_empty() {
-        out.server_port = Some(forwarded_port);
-    }
-    if let Some(addr) = client_addr.filter(|a| !a.is_empty()) {
-        if addr.contains(':') && !addr.ends_with(']') {
-            let (host, port) = addr.rsplit_once(':').unwrap_or((&addr, ""));
-            out.remote_addr = Some(strip_brackets(py_strip(host)).to_owned());
-            out.remote_port = Some(py_strip(port).to_owned());
-        } else {
-            out.remote_addr = Some(strip_brackets(py_strip(&addr)).to_owned());
-        }
+    if let Some(addr) = claims.client_addr.filter(|a| !a.is_empty()) {
+        apply_client(&addr, &mut out);
     }
     Ok(out)
+}
+
+impl Overrides {
+    /// A header is trusted, and its value is rewritten to the trusted hops.
+    fn trust(&mut self, bit: u8, trimmed: String) {
+        self.untrusted &= !bit;
+        self.rewritten.push((bit, trimmed));
+    }
+}
+
+/// X-Forwarded-For: the client is the oldest of the trusted hops (IPv6 addresses
+/// bracketed, so a port can follow).
+fn x_forwarded_for(value: &str, count: usize) -> Result<Option<String>, Malformed> {
+    let mut hops = Vec::new();
+    for hop in value.split(',') {
+        let hop = undquote(py_strip(hop)).map_err(|e| malformed("X-Forwarded-For", e, value))?;
+        if !hop.contains('.') && hop.contains(':') && !hop.ends_with(']') {
+            hops.push(format!("[{hop}]"));
+        } else {
+            hops.push(hop);
+        }
+    }
+    Ok(last_hops(&hops, count).into_iter().next())
+}
+
+/// X-Forwarded-Host: the host of the oldest trusted hop.
+fn x_forwarded_host(value: &str, count: usize) -> Result<String, Malformed> {
+    let mut hosts = Vec::new();
+    for host in value.split(',') {
+        hosts.push(undquote(py_strip(host)).map_err(|e| malformed("X-Forwarded-Host", e, value))?);
+    }
+    Ok(last_hops(&hosts, count)
+        .into_iter()
+        .next()
+        .unwrap_or_default())
+}
+
+/// X-Forwarded-Proto and -Port take one value only.
+fn single_value(header: &str, value: Option<&str>) -> Result<String, Malformed> {
+    let value = value.unwrap_or("");
+    let unquoted = undquote(value).map_err(|e| malformed(header, e, value))?;
+    if unquoted.contains(',') {
+        return Err(malformed(header, SINGLE, value));
+    }
+    Ok(unquoted)
+}
+
+/// Forwarded (RFC 7239): the oldest trusted element that has a value wins; the last
+/// element's host and proto (possibly empty) when none has. It replaces whatever the
+/// X-Forwarded headers said of the port.
+fn apply_forwarded(
+    value: &str,
+    count: usize,
+    claims: &mut Claims,
+    out: &mut Overrides,
+) -> Result<(), Malformed> {
+    let elements = parse_forwarded(value, &mut out.unknown_tokens)
+        .map_err(|e| malformed("Forwarded", e, value))?;
+    out.rewritten.push((FORWARDED, trimmed_raw(value, count)));
+    if let Some(last) = elements.last() {
+        claims.host = last.host.clone();
+        claims.proto = last.proto.clone();
+    }
+    claims.port.clear();
+    for element in last_hops(&elements, count).iter().rev() {
+        if !element.for_.is_empty() {
+            claims.client_addr = Some(element.for_.clone());
+        }
+        if !element.host.is_empty() {
+            claims.host = element.host.clone();
+        }
+        if !element.proto.is_empty() {
+            claims.proto = element.proto.clone();
+        }
+    }
+    Ok(())
+}
+
+/// The scheme: the server's default, or the trusted proto (http or https only), which
+/// also gives the port when none was forwarded.
+fn apply_proto(
+    claims: &mut Claims,
+    from_forwarded: bool,
+    url_scheme: &str,
+    out: &mut Overrides,
+) -> Result<String, Malformed> {
+    if claims.proto.is_empty() {
+        return Ok(url_scheme.to_owned());
+    }
+    let proto = claims.proto.to_lowercase();
+    if proto != "http" && proto != "https" {
+        let header = if from_forwarded {
+            "Forwarded Proto="
+        } else {
+            "X-Forwarded-Proto"
+        };
+        return Err(malformed(header, "unsupported proto value", &proto));
+    }
+    if claims.port.is_empty() {
+        claims.port = if proto == "http" { "80" } else { "443" }.to_owned();
+    }
+    out.url_scheme = Some(proto.clone());
+    Ok(proto)
+}
+
+/// SERVER_NAME and HTTP_HOST from the trusted host (a port in it wins; otherwise the
+/// port is added to HTTP_HOST unless it is the scheme's default).
+fn apply_host(claims: &mut Claims, scheme: &str, out: &mut Overrides) {
+    let host = &claims.host;
+    if host.is_empty() {
+        return;
+    }
+    if host.contains(':') && !host.ends_with(']') {
+        let (name, port) = host.rsplit_once(':').unwrap_or((host, ""));
+        out.server_name = Some(py_strip(name).to_owned());
+        claims.port = port.to_owned();
+        out.http_host = Some(host.clone());
+        return;
+    }
+    out.server_name = Some(host.clone());
+    let port = claims.port.as_str();
+    let explicit_port = !port.is_empty()
+        && (!matches!(port, "80" | "443")
+            || (port == "80" && scheme != "http")
+            || (port == "443" && scheme != "https"));
+    out.http_host = Some(if explicit_port {
+        format!("{host}:{port}")
+    } else {
+        host.clone()
+    });
+}
+
+/// REMOTE_ADDR (and REMOTE_PORT, if the address carries one) from the trusted client.
+fn apply_client(addr: &str, out: &mut Overrides) {
+    if addr.contains(':') && !addr.ends_with(']') {
+        let (host, port) = addr.rsplit_once(':').unwrap_or((addr, ""));
+        out.remote_addr = Some(strip_brackets(py_strip(host)).to_owned());
+        out.remote_port = Some(py_strip(port).to_owned());
+    } else {
+        out.remote_addr = Some(strip_brackets(py_strip(addr)).to_owned());
+    }
+}
+
+/// Decides what to do with the request's forwarding headers (Waitress's proxy
+/// middleware): which to drop, and what a trusted peer's headers change. Also
+/// returns log lines (unknown Forwarded tokens, removed untrusted headers).
+pub fn decide(
+    config: &ProxyConfig,
+    head: &RequestHead,
+    peer: &str,
+    url_scheme: &str,
+) -> (Decision, Vec<String>) {
+    let mut logs = Vec::new();
+    let mut values = ForwardingValues::default();
+    for (name, value) in head.fields() {
+        let Some(bit) = header_bit(name) else {
+            continue;
+        };
+        let text: String = value.iter().map(|&b| b as char).collect();
+        let joined = match values.values[bit_index(bit)].take() {
+            Some(earlier) => format!("{earlier}, {text}"),
+            None => text,
+        };
+        values.set(bit, joined);
+    }
+    let present = values.present();
+    if present == 0 && config.trusted.is_nobody() {
+        return (
+            Decision::Build {
+                drop: 0,
+                overrides: None,
+            },
+            logs,
+        );
+    }
+    let mut overrides = None;
+    let mut untrusted = ALL_HEADERS;
+    if config.trusted.trusts(peer) {
+        match evaluate(config, &values, url_scheme) {
+            Ok(o) => {
+                untrusted = o.untrusted;
+                for token in &o.unknown_tokens {
+                    logs.push(format!("Unknown Forwarded token: {token}"));
+                }
+                overrides = Some(o);
+            }
+            Err(bad) => {
+                logs.push(format!(
+                    "Malformed proxy header \"{}\" from \"{peer}\": {} value: {}",
+                    bad.header, bad.reason, bad.value
+                ));
+                return (Decision::Reject(bad), logs);
+            }
+        }
+    }
+    let drop = if config.clear_untrusted {
+        untrusted & present
+    } else {
+        0
+    };
+    if config.log_untrusted && drop != 0 {
+        let names: Vec<&str> = HEADERS
+            .iter()
+            .filter(|(bit, _, _)| drop & bit != 0)
+            .map(|(_, _, name)| *name)
+            .collect();
+        logs.push(format!(
+            "Removed untrusted headers ({}). Tapster recommends these be removed upstream.",
+            names.join(", ")
+        ));
+    }
+    (Decision::Build { drop, overrides }, logs)
+}
+
+fn bit_index(bit: u8) -> usize {
+    bit.trailing_zeros() as usize
 }
 
 fn strip_brackets(addr: &str) -> &str {
