@@ -1,6 +1,7 @@
 """Helpers for end-to-end tests: a Tapster server in a child process (started through
-the real command line), and a raw HTTP/1.1 client that shows exactly what went over
-the wire and whether the server closed the connection."""
+the real command line), probes of a process's memory and descriptors, and the raw
+HTTP/1.1 client of http_reader.py (re-exported here), which shows exactly what went
+over the wire and whether the server closed the connection."""
 
 from __future__ import annotations
 
@@ -14,8 +15,9 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
 from typing import Any
+
+from http_reader import ConnectionClosed, RawConn, Response  # noqa: F401 (re-exported: the tests import them from here)
 
 TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
 SERVING = re.compile(r"Serving on http://(.+):(\d+|/.+)$")
@@ -120,6 +122,18 @@ class CapturedProcess:
     def log(self) -> str:
         return "\n".join(self.lines())
 
+    def wait_for_log(self, pattern: str, timeout: float = 5.0) -> str:
+        """Waits until a log line matches `pattern` (a regex) and returns it."""
+        deadline = time.monotonic() + timeout
+        regex = re.compile(pattern)
+        while time.monotonic() < deadline:
+            with self._lock:
+                for line in self._lines:
+                    if regex.search(line):
+                        return line
+            time.sleep(0.02)
+        raise AssertionError(f"no log line matching {pattern!r}:\n{self.log()}")
+
 
 class ServerProcess(CapturedProcess):
     """`python -m tapster [args] APP` on a free port, with its log captured."""
@@ -156,18 +170,6 @@ class ServerProcess(CapturedProcess):
     def url(self, path: str = "/") -> str:
         return f"http://{self.host}:{self.port}{path}"
 
-    def wait_for_log(self, pattern: str, timeout: float = 5.0) -> str:
-        """Waits until a log line matches `pattern` (a regex) and returns it."""
-        deadline = time.monotonic() + timeout
-        regex = re.compile(pattern)
-        while time.monotonic() < deadline:
-            with self._lock:
-                for line in self._lines:
-                    if regex.search(line):
-                        return line
-            time.sleep(0.02)
-        raise AssertionError(f"no log line matching {pattern!r}:\n{self.log()}")
-
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int:
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
@@ -180,7 +182,7 @@ class ServerProcess(CapturedProcess):
         self._reader.join(timeout=5)
         return self.proc.returncode
 
-    def connect(self, timeout: float = 5.0) -> "RawConn":
+    def connect(self, timeout: float = 5.0) -> RawConn:
         return RawConn(socket.create_connection(self.address, timeout=timeout))
 
     def calls(self) -> int:
@@ -188,143 +190,6 @@ class ServerProcess(CapturedProcess):
         with self.connect() as conn:
             conn.send(b"GET /__calls__ HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
             return int(conn.read_response().body)
-
-
-@dataclass
-class Response:
-    version: str
-    status: int
-    reason: str
-    headers: list[tuple[str, str]]
-    body: bytes
-    raw_head: bytes
-    chunked: bool = False
-    chunks: list[bytes] = field(default_factory=list)
-
-    def header(self, name: str) -> str | None:
-        for k, v in self.headers:
-            if k.lower() == name.lower():
-                return v
-        return None
-
-    def header_names(self) -> list[str]:
-        return [k for k, _ in self.headers]
-
-
-class ConnectionClosed(Exception):
-    """The server closed the connection before a complete response."""
-
-
-class RawConn:
-    """A client socket with a buffer, reading responses exactly as framed."""
-
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock = sock
-        self.buf = b""
-
-    def __enter__(self) -> "RawConn":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def close(self) -> None:
-        self.sock.close()
-
-    def send(self, data: bytes) -> None:
-        self.sock.sendall(data)
-
-    def _fill(self) -> bool:
-        try:
-            data = self.sock.recv(65536)
-        except ConnectionResetError:
-            data = b""
-        if not data:
-            return False
-        self.buf += data
-        return True
-
-    def _read_until(self, marker: bytes) -> bytes:
-        while marker not in self.buf:
-            if not self._fill():
-                raise ConnectionClosed(f"closed while waiting for {marker!r}; got {self.buf!r}")
-        head, self.buf = self.buf.split(marker, 1)
-        return head
-
-    def _read_exact(self, n: int) -> bytes:
-        while len(self.buf) < n:
-            if not self._fill():
-                raise ConnectionClosed(f"closed with {len(self.buf)} of {n} bytes")
-        data, self.buf = self.buf[:n], self.buf[n:]
-        return data
-
-    def read_response(self, head_request: bool = False) -> Response:
-        raw_head = self._read_until(b"\r\n\r\n")
-        lines = raw_head.decode("latin-1").split("\r\n")
-        parts = lines[0].split(" ", 2)
-        version, status = parts[0], int(parts[1])
-        reason = parts[2] if len(parts) > 2 else ""
-        headers = []
-        for line in lines[1:]:
-            name, _, value = line.partition(":")
-            headers.append((name, value.strip()))
-        resp = Response(version, status, reason, headers, b"", raw_head + b"\r\n\r\n")
-        if status < 200 and status != 101:
-            return resp  # interim response; the caller reads the final one next
-        if head_request or status in (204, 304):
-            return resp
-        te = resp.header("Transfer-Encoding")
-        cl = resp.header("Content-Length")
-        if te is not None and te.lower() == "chunked":
-            resp.chunked = True
-            body = b""
-            while True:
-                size_line = self._read_until(b"\r\n")
-                size = int(size_line.split(b";")[0], 16)
-                if size == 0:
-                    self._read_until(b"\r\n")  # empty trailer section
-                    break
-                chunk = self._read_exact(size)
-                resp.chunks.append(chunk)
-                body += chunk
-                if self._read_exact(2) != b"\r\n":
-                    raise AssertionError("chunk not terminated by CRLF")
-            resp.body = body
-        elif cl is not None:
-            resp.body = self._read_exact(int(cl))
-        else:
-            while self._fill():
-                pass
-            resp.body, self.buf = self.buf, b""
-        return resp
-
-    def is_closed(self, timeout: float = 2.0) -> bool:
-        """True if the server closed the connection (EOF or reset) with nothing more
-        to read; False if it is still open after `timeout`."""
-        if self.buf:
-            return False
-        self.sock.settimeout(timeout)
-        try:
-            data = self.sock.recv(1)
-        except socket.timeout:
-            return False
-        except (ConnectionResetError, BrokenPipeError):
-            return True
-        if data:
-            self.buf += data
-            return False
-        return True
-
-    def read_all(self, timeout: float = 5.0) -> bytes:
-        """Everything until the server closes."""
-        self.sock.settimeout(timeout)
-        try:
-            while self._fill():
-                pass
-        except socket.timeout:
-            raise AssertionError(f"server did not close; got {self.buf!r}") from None
-        data, self.buf = self.buf, b""
-        return data
 
 
 def exchange(server: ServerProcess, request: bytes, head_request: bool = False) -> tuple[Response, bool]:

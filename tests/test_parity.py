@@ -5,7 +5,7 @@ body bytes, whether the connection closed, anything sent after) and the environ 
 app saw are compared.
 
 The only differences allowed are the rows of README.md's "Differences from Waitress"
-table, each encoded as a named `Normalisation` in parity_support.py (tests below
+table, each encoded as a named `Normalisation` in parity/normalisations.py (tests below
 check that each cites a real row, and that every row is encoded or listed as not
 compared here). A scenario declares the rows that concern it; each declared one must
 find what the row's Waitress column describes, or the scenario fails. Trusted-proxy scenarios follow Waitress exactly
@@ -27,7 +27,7 @@ from urllib.parse import quote
 import pytest
 
 import parity_support as ps
-from parity_support import (
+from parity.normalisations import (
     ABSOLUTE_FORM_HOST,
     ALL_NORMALISATIONS,
     APP_FRAMES_ONLY,
@@ -63,18 +63,10 @@ from parity_support import (
     TE_AND_CL_400,
     TE_HTTP10_400,
     VERSION_TRAILING_SPACE_400,
-    ListenForm,
     Normalisation,
-    PairPool,
-    ReadFinal,
-    ReadInterim,
-    Send,
-    Step,
-    request,
-    run_both,
-    run_script,
-    script,
 )
+from parity.scripts import ReadFinal, ReadInterim, Send, Step, request, run_both, run_script, script
+from parity.servers import ListenForm, PairPool
 from support import ServerProcess
 
 X_ALL = "x-forwarded-for x-forwarded-host x-forwarded-proto x-forwarded-port x-forwarded-by"
@@ -971,7 +963,7 @@ def test_harness_sees_differences() -> None:
 
     def outcome(side: str, **changes: Any) -> ps.Outcome:
         body = json.dumps({"environ": {"PATH_INFO": "/x", **changes.pop("env", {})}}).encode()
-        resp = ps.Resp("HTTP/1.1", 200, "OK", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))], body, "content-length")
+        resp = ps.Response("HTTP/1.1", 200, "OK", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))], body, "content-length")
         resp.headers += changes.pop("headers", [])
         out = ps.Outcome(side, [resp], [[]], changes.pop("closed", False), b"", None, [1], 2)
         assert not changes
