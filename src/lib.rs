@@ -17,6 +17,7 @@ use pyo3::prelude::*;
 fn _tapster(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
     m.add_class::<wsgi::py_server::PyServer>()?;
+    m.add_class::<wsgi::options::EngineConfig>()?;
     m.add_class::<wsgi::file_wrapper::FileWrapper>()?;
     m.add_class::<wsgi::input::Input>()?;
     m.add(
@@ -25,7 +26,7 @@ fn _tapster(m: &Bound<'_, PyModule>) -> PyResult<()> {
     )?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add_function(pyo3::wrap_pyfunction!(stats, m)?)?;
-    m.add("ENGINE_OPTIONS", wsgi::py_server::KNOWN_OPTIONS.to_vec())?;
+    m.add("ENGINE_OPTIONS", wsgi::options::ENGINE_OPTIONS.to_vec())?;
     Ok(())
 }
 

@@ -9,14 +9,20 @@ ENGINE_OPTIONS: list[str]
 class ClientDisconnected(Exception):
     """The client closed the connection before the response was delivered."""
 
+class EngineConfig:
+    """The engine options, validated once: every name of ENGINE_OPTIONS with its cast
+    value. Raises ValueError naming the bad option."""
+
+    def __init__(self, options: dict[str, Any]) -> None: ...
+
 class Server:
-    """The engine: built with the application, the cast options and the bound
+    """The engine: built with the application, the validated options and the bound
     listening sockets `(fileno, "tcp" | "unix", server_port)`."""
 
     def __init__(
         self,
         app: Callable[..., Any],
-        options: dict[str, Any],
+        options: EngineConfig,
         listeners: Sequence[tuple[int, str, str]],
     ) -> None: ...
     def run(self) -> None:

@@ -110,7 +110,7 @@ class BaseWSGIServer:
         options["trusted_proxy_headers"] = sorted(adj.trusted_proxy_headers)
         self._engine = _tapster.Server(
             application,
-            options,
+            _tapster.EngineConfig(options),
             [(lst.socket.fileno(), lst.kind, lst.server_port) for lst in listeners],
         )
         self._closed = False

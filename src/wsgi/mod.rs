@@ -10,6 +10,7 @@ pub mod exchange;
 pub mod file_wrapper;
 pub mod input;
 pub mod log;
+pub mod options;
 pub mod pool;
 pub mod py_server;
 pub mod start_response;
@@ -28,20 +29,4 @@ pub struct WsgiConfig {
     /// Trusted proxies and what to believe from them; also whether to remove and log
     /// forwarding headers that are not trusted.
     pub proxy: crate::proxy::ProxyConfig,
-}
-
-impl Default for WsgiConfig {
-    fn default() -> Self {
-        WsgiConfig {
-            url_scheme: "http".into(),
-            url_prefix: String::new(),
-            server_name: "waitress.invalid".into(),
-            expose_tracebacks: false,
-            proxy: crate::proxy::ProxyConfig {
-                count: 1,
-                clear_untrusted: true,
-                ..crate::proxy::ProxyConfig::default()
-            },
-        }
-    }
 }

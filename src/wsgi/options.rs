@@ -1,0 +1,168 @@
+//! The engine options as the Python layer hands them over (cast from keyword
+//! arguments, the command line or a PasteDeploy file by the one table of option
+//! records in `tapster/options.py`): every engine option is required here, extracted
+//! into its field, and validated once, with an error that names it. Nothing here has
+//! a default: the defaults live in the Python records alone.
+
+use std::time::Duration;
+
+use pyo3::exceptions::PyValueError;
+use pyo3::prelude::*;
+use pyo3::types::PyDict;
+
+use super::WsgiConfig;
+use crate::config::Config;
+use crate::proxy::{self, ProxyConfig, TrustedPeers};
+
+/// The options the engine takes (exported to Python as `ENGINE_OPTIONS`, where a test
+/// checks them against the records that say `engine=True`).
+pub const ENGINE_OPTIONS: &[&str] = &[
+    "threads",
+    "io_threads",
+    "connection_limit",
+    "recv_bytes",
+    "inbuf_overflow",
+    "outbuf_overflow",
+    "outbuf_high_watermark",
+    "inbuf_memory_budget",
+    "outbuf_memory_budget",
+    "outbuf_spill_budget",
+    "channel_timeout",
+    "header_timeout",
+    "min_body_rate",
+    "max_request_header_size",
+    "max_request_line_size",
+    "max_request_headers",
+    "max_request_body_size",
+    "shutdown_timeout",
+    "ident",
+    "log_socket_errors",
+    "url_scheme",
+    "url_prefix",
+    "server_name",
+    "expose_tracebacks",
+    "clear_untrusted_proxy_headers",
+    "log_untrusted_proxy_headers",
+    "trusted_proxy",
+    "trusted_proxy_count",
+    "trusted_proxy_headers",
+];
+
+/// Validated engine options, made once (before any socket is bound) and handed to
+/// `Server`.
+#[pyclass(module = "tapster._tapster", name = "EngineConfig", frozen)]
+pub struct EngineConfig {
+    pub config: Config,
+    pub wsgi: WsgiConfig,
+}
+
+#[pymethods]
+impl EngineConfig {
+    /// `options`: every name of `ENGINE_OPTIONS`, with its cast value.
+    #[new]
+    fn new(options: &Bound<'_, PyDict>) -> PyResult<EngineConfig> {
+        for key in options.keys() {
+            let key: String = key.extract()?;
+            if !ENGINE_OPTIONS.contains(&key.as_str()) {
+                return Err(PyValueError::new_err(format!(
+                    "{key:?} is not an engine option"
+                )));
+            }
+        }
+        let config = engine_config(options)?;
+        let wsgi = WsgiConfig {
+            url_scheme: required(options, "url_scheme")?,
+            url_prefix: required(options, "url_prefix")?,
+            server_name: required(options, "server_name")?,
+            expose_tracebacks: required(options, "expose_tracebacks")?,
+            proxy: proxy_config(options)?,
+        };
+        Ok(EngineConfig { config, wsgi })
+    }
+}
+
+/// One option's value; its absence is an error (the Python layer always sends all).
+fn required<'py, T: FromPyObjectOwned<'py>>(
+    options: &Bound<'py, PyDict>,
+    name: &str,
+) -> PyResult<T> {
+    let value = options
+        .get_item(name)?
+        .ok_or_else(|| PyValueError::new_err(format!("engine option {name} is missing")))?;
+    value.extract::<T>().map_err(|e| {
+        let e: PyErr = e.into();
+        PyValueError::new_err(format!("invalid value for {name}: {e}"))
+    })
+}
+
+/// A duration option given in seconds.
+fn seconds(options: &Bound<'_, PyDict>, name: &str) -> PyResult<Duration> {
+    let value: f64 = required(options, name)?;
+    if !value.is_finite() || value <= 0.0 {
+        return Err(PyValueError::new_err(format!(
+            "{name} must be a positive number of seconds"
+        )));
+    }
+    // Longer than a year is as good as forever, and stays clear of `Instant` overflow
+    // and of tokio's timer range (about two years).
+    const A_YEAR: f64 = 365.0 * 24.0 * 3600.0;
+    Ok(Duration::from_secs_f64(value.min(A_YEAR)))
+}
+
+fn engine_config(o: &Bound<'_, PyDict>) -> PyResult<Config> {
+    let ident: Option<String> = required(o, "ident")?;
+    let config = Config {
+        threads: required(o, "threads")?,
+        io_threads: required(o, "io_threads")?,
+        connection_limit: required(o, "connection_limit")?,
+        recv_bytes: required(o, "recv_bytes")?,
+        inbuf_overflow: required(o, "inbuf_overflow")?,
+        outbuf_overflow: required(o, "outbuf_overflow")?,
+        outbuf_high_watermark: required(o, "outbuf_high_watermark")?,
+        inbuf_memory_budget: required(o, "inbuf_memory_budget")?,
+        outbuf_memory_budget: required(o, "outbuf_memory_budget")?,
+        outbuf_spill_budget: required(o, "outbuf_spill_budget")?,
+        channel_timeout: seconds(o, "channel_timeout")?,
+        header_timeout: seconds(o, "header_timeout")?,
+        min_body_rate: required(o, "min_body_rate")?,
+        max_request_header_size: required(o, "max_request_header_size")?,
+        max_request_line_size: required(o, "max_request_line_size")?,
+        max_request_headers: required(o, "max_request_headers")?,
+        max_request_body_size: required(o, "max_request_body_size")?,
+        shutdown_timeout: seconds(o, "shutdown_timeout")?,
+        ident: ident.filter(|s| !s.is_empty()),
+        log_socket_errors: required(o, "log_socket_errors")?,
+    };
+    config.validate().map_err(PyValueError::new_err)?;
+    Ok(config)
+}
+
+fn proxy_config(o: &Bound<'_, PyDict>) -> PyResult<ProxyConfig> {
+    let trusted: Option<String> = required(o, "trusted_proxy")?;
+    let trusted = TrustedPeers::parse(trusted.as_deref()).map_err(PyValueError::new_err)?;
+    let names: Vec<String> = required(o, "trusted_proxy_headers")?;
+    let mut headers = 0;
+    for name in &names {
+        let bit = proxy::HEADERS
+            .iter()
+            .find(|(_, _, display)| display.eq_ignore_ascii_case(name))
+            .map(|(bit, _, _)| *bit)
+            .ok_or_else(|| {
+                PyValueError::new_err(format!("unknown trusted proxy header {name:?}"))
+            })?;
+        headers |= bit;
+    }
+    let count: usize = required(o, "trusted_proxy_count")?;
+    if count == 0 {
+        return Err(PyValueError::new_err(
+            "trusted_proxy_count must be at least 1",
+        ));
+    }
+    Ok(ProxyConfig {
+        trusted,
+        count,
+        headers,
+        clear_untrusted: required(o, "clear_untrusted_proxy_headers")?,
+        log_untrusted: required(o, "log_untrusted_proxy_headers")?,
+    })
+}
