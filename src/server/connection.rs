@@ -561,3 +561,197 @@ enum BodyFailure {
     Storage(io::Error),
     Closed,
 }
+
+#[cfg(test)]
+mod tests {
+    //! The connection loop over a real socket pair, with a dispatcher that answers at
+    //! once (no Python): ordering of pipelined requests, refusals, `100 Continue`,
+    //! shutdown of an idle connection.
+
+    use super::*;
+    use crate::server::budget::Budgets;
+    use crate::server::conn_info::{ListenerInfo, ListenerKind, Peer};
+    use crate::server::responder::{Delivery, Part};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Mutex;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::UnixStream;
+
+    /// Answers every request with its target as the body, keep-alive.
+    #[derive(Default)]
+    struct Echo {
+        calls: AtomicUsize,
+        bodies: Mutex<Vec<Vec<u8>>>,
+    }
+
+    impl Dispatcher for Echo {
+        fn dispatch(&self, request: Request) {
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            let mut body = vec![0; request.body.len() as usize];
+            let n = request.body.read_at(0, &mut body).unwrap_or(0);
+            body.truncate(n);
+            self.bodies.lock().unwrap().push(body);
+            let target = request.head.target().to_vec();
+            let head = format!(
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n",
+                target.len()
+            );
+            let responder = &request.responder;
+            let _ = responder.send(
+                &[Part::Borrowed(head.as_bytes()), Part::Borrowed(&target)],
+                Delivery::Direct,
+            );
+            responder.finish(request.head.keep_alive);
+        }
+    }
+
+    struct Quiet;
+
+    impl EventLog for Quiet {
+        fn log(&self, _level: LogLevel, _message: String) {}
+    }
+
+    struct Harness {
+        client: UnixStream,
+        echo: Arc<Echo>,
+        shutdown: Arc<ShutdownSignal>,
+        task: tokio::task::JoinHandle<()>,
+    }
+
+    fn connect() -> Harness {
+        let (server, client) = std::os::unix::net::UnixStream::pair().expect("a socket pair");
+        server.set_nonblocking(true).unwrap();
+        client.set_nonblocking(true).unwrap();
+        let conn = Arc::new(Conn::new(socket2::Socket::from(server)).expect("registered"));
+        let echo = Arc::new(Echo::default());
+        let shutdown = ShutdownSignal::new();
+        let config = Config::example();
+        let shared = Arc::new(Shared {
+            head_limits: config.head_limits(),
+            config,
+            dispatcher: echo.clone(),
+            log: Arc::new(Quiet),
+            shutdown: shutdown.clone(),
+            budgets: Budgets::unlimited(),
+        });
+        let listener = Arc::new(ListenerInfo {
+            kind: ListenerKind::Unix,
+            server_port: "test".into(),
+            app_data: Default::default(),
+        });
+        let info = Arc::new(ConnInfo::new(Peer::Unix, listener, shutdown.clone()));
+        let task = tokio::spawn(serve(conn, info, shared));
+        Harness {
+            client: UnixStream::from_std(client).expect("a tokio stream"),
+            echo,
+            shutdown,
+            task,
+        }
+    }
+
+    /// Everything the server sends until it closes (or 2 s pass).
+    async fn read_to_end(client: &mut UnixStream) -> Vec<u8> {
+        let mut out = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(2), client.read_to_end(&mut out)).await;
+        out
+    }
+
+    /// Reads until `out` contains `needle`.
+    async fn read_until(client: &mut UnixStream, needle: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !out.windows(needle.len()).any(|w| w == needle) {
+            let n = tokio::time::timeout(Duration::from_secs(2), client.read(&mut buf))
+                .await
+                .expect("the server answered in time")
+                .expect("a read");
+            assert!(n > 0, "closed before {needle:?}: {out:?}");
+            out.extend_from_slice(&buf[..n]);
+        }
+        out
+    }
+
+    fn run<F: std::future::Future>(test: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime")
+            .block_on(test)
+    }
+
+    #[test]
+    fn pipelined_requests_are_answered_in_order() {
+        run(async {
+            let mut h = connect();
+            h.client
+                .write_all(b"GET /a HTTP/1.1\r\nHost: t\r\n\r\nGET /bb HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+                .await
+                .unwrap();
+            let out = read_to_end(&mut h.client).await;
+            let text = String::from_utf8_lossy(&out);
+            let a = text.find("\r\n\r\n/a").expect("the first response");
+            let b = text.find("\r\n\r\n/bb").expect("the second response");
+            assert!(a < b, "{text}");
+            assert_eq!(h.echo.calls.load(Ordering::SeqCst), 2);
+        });
+    }
+
+    #[test]
+    fn a_malformed_request_gets_400_and_the_connection_closes() {
+        run(async {
+            let mut h = connect();
+            h.client
+                .write_all(b"GET / HTTP/1.1\r\nHost : t\r\n\r\n")
+                .await
+                .unwrap();
+            let out = read_to_end(&mut h.client).await;
+            // A head that did not parse has no version to answer in: HTTP/1.0, as
+            // Waitress.
+            assert!(
+                out.starts_with(b"HTTP/1.0 400 "),
+                "{:?}",
+                String::from_utf8_lossy(&out)
+            );
+            assert_eq!(h.echo.calls.load(Ordering::SeqCst), 0);
+            tokio::time::timeout(Duration::from_secs(3), h.task)
+                .await
+                .expect("the connection task ended")
+                .unwrap();
+        });
+    }
+
+    #[test]
+    fn expect_100_continue_is_answered_before_the_body_is_sent() {
+        run(async {
+            let mut h = connect();
+            h.client
+                .write_all(b"POST /up HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n")
+                .await
+                .unwrap();
+            let interim = read_until(&mut h.client, b"\r\n\r\n").await;
+            assert!(interim.starts_with(b"HTTP/1.1 100 Continue\r\n\r\n"));
+            h.client.write_all(b"hello").await.unwrap();
+            read_until(&mut h.client, b"/up").await;
+            assert_eq!(*h.echo.bodies.lock().unwrap(), vec![b"hello".to_vec()]);
+        });
+    }
+
+    #[test]
+    fn shutdown_closes_an_idle_keep_alive_connection() {
+        run(async {
+            let mut h = connect();
+            h.client
+                .write_all(b"GET /x HTTP/1.1\r\nHost: t\r\n\r\n")
+                .await
+                .unwrap();
+            read_until(&mut h.client, b"/x").await;
+            h.shutdown.trigger();
+            let rest = read_to_end(&mut h.client).await;
+            assert!(rest.is_empty(), "{rest:?}");
+            tokio::time::timeout(Duration::from_secs(3), h.task)
+                .await
+                .expect("the connection task ended")
+                .unwrap();
+        });
+    }
+}

@@ -15,8 +15,9 @@
 
 use std::collections::VecDeque;
 use std::fs::File;
-use std::future::poll_fn;
+use std::future::{poll_fn, Future};
 use std::io::{self, IoSlice};
+use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::task::{Poll, Waker};
@@ -169,9 +170,46 @@ impl Inner {
     }
 }
 
+/// Where a response's bytes go: the client socket (`Conn`), or a fake in unit tests
+/// that takes partial writes, says EAGAIN or resets when told to.
+pub trait Sink: Send + Sync + 'static {
+    /// One non-blocking vectored write from any thread; `WouldBlock` when full.
+    fn try_send(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize>;
+
+    /// Writes part of `bufs`, waiting for room if needed.
+    fn send(&self, bufs: &[IoSlice<'_>]) -> impl Future<Output = io::Result<usize>> + Send;
+
+    /// `sendfile(2)` of up to `len` bytes of `file` at `offset`; 0 at the end of the file.
+    fn sendfile(
+        &self,
+        file: RawFd,
+        offset: u64,
+        len: usize,
+    ) -> impl Future<Output = io::Result<usize>> + Send;
+}
+
+impl Sink for Conn {
+    fn try_send(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        Conn::try_send(self, bufs)
+    }
+
+    fn send(&self, bufs: &[IoSlice<'_>]) -> impl Future<Output = io::Result<usize>> + Send {
+        Conn::send(self, bufs)
+    }
+
+    fn sendfile(
+        &self,
+        file: RawFd,
+        offset: u64,
+        len: usize,
+    ) -> impl Future<Output = io::Result<usize>> + Send {
+        Conn::sendfile(self, file, offset, len)
+    }
+}
+
 /// The shared state of one response.
-pub struct Responder {
-    conn: Arc<Conn>,
+pub struct Responder<S: Sink = Conn> {
+    conn: Arc<S>,
     limits: OutputLimits,
     /// The server-wide memory and temporary-file budgets for queued output.
     budgets: Arc<Budgets>,
@@ -202,8 +240,8 @@ const SPILL_READ: usize = 256 * 1024;
 /// thousand stalled readers then hold 16 MiB of read-back bytes, not 256 MiB).
 const SPILL_READ_TIGHT: usize = 16 * 1024;
 
-impl Responder {
-    pub fn new(conn: Arc<Conn>, limits: OutputLimits, budgets: Arc<Budgets>) -> Responder {
+impl<S: Sink> Responder<S> {
+    pub fn new(conn: Arc<S>, limits: OutputLimits, budgets: Arc<Budgets>) -> Responder<S> {
         Responder {
             conn,
             limits,
@@ -647,7 +685,7 @@ impl Responder {
                 }
                 Chunk::File(segment) => {
                     self.write_bytes(&mut bufs, stall).await?;
-                    send_file_segment(&self.conn, &segment, stall).await?;
+                    send_file_segment(&*self.conn, &segment, stall).await?;
                 }
                 Chunk::Spilled(_) | Chunk::Gathered(_) => {
                     return Err(io::Error::other("unexpected chunk in a batch"))
@@ -699,7 +737,7 @@ async fn progress_within<T>(
     }
 }
 
-impl Drop for Responder {
+impl<S: Sink> Drop for Responder<S> {
     fn drop(&mut self) {
         // A response dropped with output still queued (its connection gone without a
         // `fail`) gives its memory back; the spill file does so itself.
@@ -716,7 +754,11 @@ pub static SENDFILE_BYTES: AtomicU64 = AtomicU64::new(0);
 
 /// Sends a whole file segment; a file that ends early is an error (the connection must
 /// be cut, since the promised length can no longer be honoured).
-async fn send_file_segment(conn: &Conn, segment: &FileSegment, stall: Duration) -> io::Result<()> {
+async fn send_file_segment(
+    conn: &impl Sink,
+    segment: &FileSegment,
+    stall: Duration,
+) -> io::Result<()> {
     use std::os::fd::AsRawFd;
     const MAX_SENDFILE: u64 = 1 << 30;
     let fd = segment.file.as_raw_fd();
@@ -734,4 +776,328 @@ async fn send_file_segment(conn: &Conn, segment: &FileSegment, stall: Duration) 
         SENDFILE_BYTES.fetch_add(n as u64, Ordering::Relaxed);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    //! The Responder over a fake socket: partial writes, EAGAIN, resets, stalls,
+    //! parked producers and the budgets, without Python or a network.
+
+    use super::*;
+    use std::sync::atomic::AtomicBool;
+    use std::time::Duration;
+
+    /// What the fake socket does with writes.
+    #[derive(Default)]
+    struct Script {
+        written: Vec<u8>,
+        /// `try_send` takes at most this many bytes a call (0: always `WouldBlock`).
+        direct: usize,
+        /// `send` takes at most this many bytes a call.
+        per_send: usize,
+        /// `send` waits this long before taking anything (a slow reader).
+        delay: Duration,
+        /// `send` never completes (a client that reads nothing).
+        stalled: bool,
+        /// Every write fails like this (a reset).
+        fail: Option<io::ErrorKind>,
+    }
+
+    struct FakeSink(Mutex<Script>);
+
+    impl FakeSink {
+        fn new(script: Script) -> Arc<FakeSink> {
+            Arc::new(FakeSink(Mutex::new(script)))
+        }
+
+        fn written(&self) -> Vec<u8> {
+            self.0.lock().unwrap().written.clone()
+        }
+
+        fn take(&self, bufs: &[IoSlice<'_>], limit: usize) -> usize {
+            let mut script = self.0.lock().unwrap();
+            let mut left = limit;
+            for buf in bufs {
+                let n = buf.len().min(left);
+                script.written.extend_from_slice(&buf[..n]);
+                left -= n;
+                if left == 0 {
+                    break;
+                }
+            }
+            limit - left
+        }
+    }
+
+    impl Sink for FakeSink {
+        fn try_send(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+            let (fail, direct) = {
+                let script = self.0.lock().unwrap();
+                (script.fail, script.direct)
+            };
+            match (fail, direct) {
+                (Some(kind), _) => Err(kind.into()),
+                (None, 0) => Err(io::ErrorKind::WouldBlock.into()),
+                (None, limit) => Ok(self.take(bufs, limit)),
+            }
+        }
+
+        fn send(&self, bufs: &[IoSlice<'_>]) -> impl Future<Output = io::Result<usize>> + Send {
+            let (fail, per_send, delay, stalled) = {
+                let script = self.0.lock().unwrap();
+                (script.fail, script.per_send, script.delay, script.stalled)
+            };
+            let taken = if fail.is_none() && !stalled {
+                self.take(bufs, per_send)
+            } else {
+                0
+            };
+            async move {
+                if stalled {
+                    std::future::pending::<()>().await;
+                }
+                tokio::time::sleep(delay).await;
+                match fail {
+                    Some(kind) => Err(kind.into()),
+                    None => Ok(taken),
+                }
+            }
+        }
+
+        async fn sendfile(&self, _file: RawFd, _offset: u64, _len: usize) -> io::Result<usize> {
+            Err(io::ErrorKind::Unsupported.into())
+        }
+    }
+
+    const LIMITS: OutputLimits = OutputLimits {
+        overflow: 1 << 20,
+        high_watermark: 16 << 20,
+    };
+
+    fn responder(
+        sink: &Arc<FakeSink>,
+        limits: OutputLimits,
+        budgets: &Arc<Budgets>,
+    ) -> Responder<FakeSink> {
+        Responder::new(sink.clone(), limits, budgets.clone())
+    }
+
+    fn block_on<F: Future>(future: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .expect("a runtime")
+            .block_on(future)
+    }
+
+    /// The connection task's side: writes batches until the response is done.
+    async fn drain(responder: &Responder<FakeSink>, stall: Duration) -> io::Result<Step> {
+        loop {
+            match responder.next_step().await {
+                Step::Write(batch) => responder.write_batch(batch, stall).await?,
+                other => return Ok(other),
+            }
+        }
+    }
+
+    const STALL: Duration = Duration::from_secs(5);
+
+    #[test]
+    fn a_partial_direct_write_leaves_the_rest_to_the_connection_task() {
+        let sink = FakeSink::new(Script {
+            direct: 5,
+            per_send: 3,
+            ..Script::default()
+        });
+        let budgets = Budgets::unlimited();
+        let r = responder(&sink, LIMITS, &budgets);
+        r.send(
+            &[Part::Borrowed(b"hello "), Part::Borrowed(b"world")],
+            Delivery::Direct,
+        )
+        .unwrap();
+        assert_eq!(sink.written(), b"hello");
+        r.finish(true);
+        let end = block_on(drain(&r, STALL)).unwrap();
+        assert!(matches!(end, Step::Done { keep_alive: true }), "{end:?}");
+        assert_eq!(sink.written(), b"hello world");
+    }
+
+    #[test]
+    fn eagain_queues_everything_in_order() {
+        let sink = FakeSink::new(Script {
+            direct: 0,
+            per_send: 7,
+            ..Script::default()
+        });
+        let budgets = Budgets::unlimited();
+        let r = responder(&sink, LIMITS, &budgets);
+        r.send(&[Part::Borrowed(b"head|")], Delivery::Direct)
+            .unwrap();
+        r.send(
+            &[Part::Shared(Bytes::from_static(b"one|"))],
+            Delivery::Queued,
+        )
+        .unwrap();
+        r.send(&[Part::Borrowed(b"two")], Delivery::Queued).unwrap();
+        assert!(sink.written().is_empty());
+        r.finish(false);
+        let end = block_on(drain(&r, STALL)).unwrap();
+        assert!(matches!(end, Step::Done { keep_alive: false }), "{end:?}");
+        assert_eq!(sink.written(), b"head|one|two");
+        assert_eq!(budgets.outbuf_memory.used(), 0);
+    }
+
+    #[test]
+    fn a_reset_fails_the_response_and_releases_a_parked_producer() {
+        let sink = FakeSink::new(Script {
+            direct: 0,
+            per_send: 100,
+            ..Script::default()
+        });
+        let budgets = Budgets::unlimited();
+        let limits = OutputLimits {
+            overflow: 1 << 20,
+            high_watermark: 10,
+        };
+        let r = responder(&sink, limits, &budgets);
+        r.send(&[Part::Borrowed(&[7; 64])], Delivery::Direct)
+            .unwrap();
+        assert!(r.over_watermark());
+        let resumed = Arc::new(AtomicBool::new(false));
+        let flag = resumed.clone();
+        r.on_drain(Box::new(move || flag.store(true, Ordering::SeqCst)));
+        assert!(
+            !resumed.load(Ordering::SeqCst),
+            "resumed before anything drained"
+        );
+        sink.0.lock().unwrap().fail = Some(io::ErrorKind::ConnectionReset);
+        let err = block_on(drain(&r, STALL)).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::ConnectionReset);
+        r.fail();
+        assert!(
+            resumed.load(Ordering::SeqCst),
+            "the parked producer was not released"
+        );
+        assert!(r.is_failed());
+        assert_eq!(
+            r.send(&[Part::Borrowed(b"more")], Delivery::Queued),
+            Err(ClientGone)
+        );
+        assert_eq!(budgets.outbuf_memory.used(), 0);
+    }
+
+    #[test]
+    fn a_producer_parked_over_the_watermark_resumes_once_half_of_it_drained() {
+        let sink = FakeSink::new(Script {
+            direct: 0,
+            per_send: 1 << 20,
+            ..Script::default()
+        });
+        let budgets = Budgets::unlimited();
+        let limits = OutputLimits {
+            overflow: 1 << 20,
+            high_watermark: 1000,
+        };
+        let r = responder(&sink, limits, &budgets);
+        r.send(&[Part::Borrowed(&[1; 3000])], Delivery::Direct)
+            .unwrap();
+        assert!(r.over_watermark());
+        let resumed = Arc::new(AtomicBool::new(false));
+        let flag = resumed.clone();
+        r.on_drain(Box::new(move || flag.store(true, Ordering::SeqCst)));
+        r.finish(true);
+        let end = block_on(drain(&r, STALL)).unwrap();
+        assert!(matches!(end, Step::Done { .. }));
+        assert!(resumed.load(Ordering::SeqCst));
+        assert_eq!(sink.written().len(), 3000);
+    }
+
+    #[test]
+    fn spilled_output_goes_out_in_order_and_every_budget_comes_back_to_zero() {
+        let sink = FakeSink::new(Script {
+            direct: 0,
+            per_send: 50,
+            ..Script::default()
+        });
+        let budgets = Budgets::new(u64::MAX, 100, u64::MAX);
+        let limits = OutputLimits {
+            overflow: 200,
+            high_watermark: 1 << 20,
+        };
+        let r = responder(&sink, limits, &budgets);
+        let mut expected = Vec::new();
+        for i in 0..20u8 {
+            let piece = vec![i; 64];
+            expected.extend_from_slice(&piece);
+            r.send(&[Part::Shared(Bytes::from(piece))], Delivery::Queued)
+                .unwrap();
+        }
+        assert!(budgets.outbuf_memory.used() <= 100);
+        assert!(budgets.outbuf_spill.used() > 0, "nothing spilled");
+        r.finish(true);
+        block_on(drain(&r, STALL)).unwrap();
+        assert_eq!(sink.written(), expected);
+        assert_eq!(budgets.outbuf_memory.used(), 0);
+        assert_eq!(budgets.outbuf_spill.used(), 0);
+    }
+
+    #[test]
+    fn a_used_up_spill_budget_pauses_a_producer_whose_output_is_spilled() {
+        let sink = FakeSink::new(Script::default());
+        let budgets = Budgets::new(u64::MAX, u64::MAX, 100);
+        let limits = OutputLimits {
+            overflow: 10,
+            high_watermark: 1 << 20,
+        };
+        let r = responder(&sink, limits, &budgets);
+        r.send(&[Part::Borrowed(&[0; 8])], Delivery::Queued)
+            .unwrap();
+        assert!(!r.over_watermark(), "in memory, under every limit");
+        r.send(&[Part::Borrowed(&[0; 200])], Delivery::Queued)
+            .unwrap();
+        assert!(budgets.outbuf_spill.exhausted());
+        assert!(
+            r.over_watermark(),
+            "spilled past the server's budget, yet not paused"
+        );
+        drop(r);
+        assert_eq!(budgets.outbuf_spill.used(), 0);
+        assert_eq!(budgets.outbuf_memory.used(), 0);
+    }
+
+    #[test]
+    fn a_client_that_reads_nothing_times_out() {
+        let sink = FakeSink::new(Script {
+            direct: 0,
+            stalled: true,
+            ..Script::default()
+        });
+        let budgets = Budgets::unlimited();
+        let r = responder(&sink, LIMITS, &budgets);
+        r.send(&[Part::Borrowed(b"never read")], Delivery::Direct)
+            .unwrap();
+        let err = block_on(drain(&r, Duration::from_millis(50))).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+    }
+
+    #[test]
+    fn a_slow_but_steady_client_is_not_cut() {
+        // One byte every 20 ms for 30 bytes (600 ms), with a 100 ms stall limit: the
+        // deadline moves with every byte, so the batch (one buffer) is never cut.
+        let sink = FakeSink::new(Script {
+            direct: 0,
+            per_send: 1,
+            delay: Duration::from_millis(20),
+            ..Script::default()
+        });
+        let budgets = Budgets::unlimited();
+        let r = responder(&sink, LIMITS, &budgets);
+        r.send(&[Part::Borrowed(&[b'x'; 30])], Delivery::Direct)
+            .unwrap();
+        r.finish(true);
+        let end = block_on(drain(&r, Duration::from_millis(100))).unwrap();
+        assert!(matches!(end, Step::Done { .. }));
+        assert_eq!(sink.written().len(), 30);
+    }
 }

@@ -531,3 +531,123 @@ impl Drop for HangOnThreadExit {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The queue's bookkeeping, driven from the test thread (no Python runs: jobs are
+    //! only queued, taken and dropped).
+
+    use super::*;
+    use crate::http::{HeadLimits, HeadParser};
+    use crate::server::budget::Budgets;
+    use crate::server::responder::OutputLimits;
+    use crate::server::shutdown::ShutdownSignal;
+    use crate::server::socket::Conn;
+    use crate::server::{Body, ConnInfo, ListenerInfo, ListenerKind, Peer};
+    use bytes::BytesMut;
+
+    struct Quiet;
+
+    impl EventLog for Quiet {
+        fn log(&self, _level: LogLevel, _message: String) {}
+    }
+
+    fn pool(threads: usize) -> PoolShared {
+        PoolShared::new(threads, Arc::new(Quiet))
+    }
+
+    fn call() -> Job {
+        Job::Call(Box::new(|_py| {}))
+    }
+
+    /// A request on a real (socket-pair) connection, inside `runtime`.
+    fn request(runtime: &tokio::runtime::Runtime) -> Request {
+        let _enter = runtime.enter();
+        let (server, _client) = std::os::unix::net::UnixStream::pair().unwrap();
+        server.set_nonblocking(true).unwrap();
+        let conn = Arc::new(Conn::new(socket2::Socket::from(server)).unwrap());
+        let mut raw = BytesMut::from(&b"POST /x HTTP/1.1\r\nHost: t\r\n\r\n"[..]);
+        let head = HeadParser::new()
+            .parse(&mut raw, &HeadLimits::default())
+            .unwrap()
+            .unwrap();
+        let listener = Arc::new(ListenerInfo {
+            kind: ListenerKind::Unix,
+            server_port: "t".into(),
+            app_data: Default::default(),
+        });
+        let limits = OutputLimits {
+            overflow: 1 << 20,
+            high_watermark: 1 << 24,
+        };
+        Request {
+            head,
+            body: Body::Empty,
+            conn: Arc::new(ConnInfo::new(Peer::Unix, listener, ShutdownSignal::new())),
+            responder: Arc::new(Responder::new(conn, limits, Budgets::unlimited())),
+        }
+    }
+
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+
+    #[test]
+    fn one_thread_drains_the_queue_and_stops_when_it_is_empty() {
+        let shared = pool(2);
+        shared.submit(call());
+        shared.submit(call());
+        assert!(shared.wait_for_work(0, 1).is_some());
+        assert_eq!(shared.lock().running, 1);
+        assert!(shared.next_job(0, 2).is_some());
+        assert!(shared.next_job(0, 3).is_none());
+        assert_eq!(shared.lock().running, 0);
+        assert_eq!(shared.current_job[0].load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn a_second_thread_joins_only_when_recruited() {
+        let shared = pool(2);
+        shared.submit(call());
+        shared.submit(call());
+        assert!(shared.wait_for_work(0, 1).is_some());
+        // Thread 1 would park now: work waits, but one thread is already draining.
+        {
+            let state = shared.lock();
+            assert!(!state.queue.is_empty() && state.running == 1 && state.recruits == 0);
+        }
+        shared.lock().recruits = 1;
+        assert!(shared.wait_for_work(1, 1).is_some());
+        assert_eq!(shared.lock().running, 2);
+    }
+
+    #[test]
+    fn at_shutdown_an_idle_thread_gets_no_more_work() {
+        let shared = pool(1);
+        shared.shutdown();
+        assert!(shared.wait_for_work(0, 1).is_none());
+    }
+
+    #[test]
+    fn discarded_requests_fail_and_other_jobs_stay() {
+        let runtime = runtime();
+        let shared = pool(1);
+        let first = request(&runtime);
+        let first_responder = first.responder.clone();
+        shared.dispatch(first);
+        shared.submit(call());
+        shared.dispatch(request(&runtime));
+        shared.discard_requests();
+        let state = shared.lock();
+        assert_eq!(state.queue.len(), 1);
+        assert!(matches!(state.queue.front(), Some(Job::Call(_))));
+        drop(state);
+        assert!(
+            first_responder.is_failed(),
+            "a dropped request's response must fail"
+        );
+    }
+}
