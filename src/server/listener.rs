@@ -10,13 +10,13 @@ use std::time::{Duration, Instant};
 use socket2::{SockAddr, Socket};
 use tokio::io::unix::AsyncFd;
 use tokio::runtime::Runtime;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::budget::Budgets;
 use super::conn_info::{ConnInfo, ListenerInfo, ListenerKind, Peer};
 use super::connection::{self, Shared};
 use super::dispatch::{Dispatcher, EventLog, LogLevel};
-use super::shutdown::ShutdownSignal;
+use super::shutdown::{Shutdown, ShutdownSignal};
 use super::socket::{register, Conn};
 use crate::config::Config;
 
@@ -42,6 +42,14 @@ struct ConnCount {
 }
 
 struct ConnGuard(Arc<ConnCount>);
+
+impl ConnGuard {
+    /// Counts one more open connection until the guard drops.
+    fn new(count: &Arc<ConnCount>) -> ConnGuard {
+        *count.open.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+        ConnGuard(count.clone())
+    }
+}
 
 impl Drop for ConnGuard {
     fn drop(&mut self) {
@@ -168,6 +176,8 @@ impl Drop for Running {
     }
 }
 
+/// One listener's loop: take a place under the connection limit, accept, start the
+/// connection's task; until shutdown.
 async fn accept_loop(
     listener: AsyncFd<Socket>,
     info: Arc<ListenerInfo>,
@@ -180,25 +190,8 @@ async fn accept_loop(
         return;
     }
     loop {
-        let permit = match limit.clone().try_acquire_owned() {
-            Ok(p) => p,
-            Err(_) => {
-                shared.log.log(
-                    LogLevel::Warning,
-                    "total open connections reached the connection limit, no longer accepting new connections".into(),
-                );
-                let acquired = tokio::select! {
-                    p = limit.clone().acquire_owned() => p,
-                    _ = shutdown.recv() => return,
-                };
-                let Ok(p) = acquired else { return };
-                shared.log.log(
-                    LogLevel::Info,
-                    "total open connections dropped below the connection limit, listening again"
-                        .into(),
-                );
-                p
-            }
+        let Some(permit) = place_under_limit(&limit, &shared, &mut shutdown).await else {
+            return;
         };
         let accepted = tokio::select! {
             biased;
@@ -209,54 +202,98 @@ async fn accept_loop(
             // The listener was taken down by `begin_shutdown`.
             return;
         }
-        let (socket, peer) = match accepted {
-            Ok(pair) => pair,
-            Err(err) if err.kind() == io::ErrorKind::ConnectionAborted => continue,
-            Err(err) => {
-                if shared.config.log_socket_errors {
-                    shared.log.log(
-                        LogLevel::Warning,
-                        format!("server accept() threw an exception: {err}"),
-                    );
-                }
-                if matches!(
-                    err.raw_os_error(),
-                    Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
-                ) {
-                    // Out of descriptors or memory: back off instead of spinning.
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-                continue;
+        match accepted {
+            Ok((socket, peer)) => {
+                let guard = ConnGuard::new(&count);
+                start_connection(socket, peer, &info, &shared, move || {
+                    drop(guard);
+                    drop(permit);
+                });
             }
-        };
-        if info.kind == ListenerKind::Tcp {
-            let _ = socket.set_tcp_nodelay(true);
-            let _ = socket.set_tcp_notsent_lowat(NOTSENT_LOWAT);
+            Err(err) => accept_failed(&err, &shared).await,
         }
-        let conn = match Conn::new(socket) {
-            Ok(c) => Arc::new(c),
-            Err(err) => {
-                shared.log.log(
-                    LogLevel::Warning,
-                    format!("could not register a connection: {err}"),
-                );
-                continue;
-            }
-        };
-        let peer = match info.kind {
-            ListenerKind::Tcp => peer.as_socket().map_or(Peer::Unix, Peer::Tcp),
-            ListenerKind::Unix => Peer::Unix,
-        };
-        let conn_info = Arc::new(ConnInfo::new(peer, info.clone(), shared.shutdown.clone()));
-        *count.open.lock().unwrap_or_else(|e| e.into_inner()) += 1;
-        let guard = ConnGuard(count.clone());
-        let shared = shared.clone();
-        tokio::spawn(async move {
-            connection::serve(conn, conn_info, shared).await;
-            drop(guard);
-            drop(permit);
-        });
     }
+}
+
+/// A place under `connection_limit`, waiting (and saying so in the log) while there is
+/// none; `None` at shutdown.
+async fn place_under_limit(
+    limit: &Arc<Semaphore>,
+    shared: &Shared,
+    shutdown: &mut Shutdown,
+) -> Option<OwnedSemaphorePermit> {
+    if let Ok(permit) = limit.clone().try_acquire_owned() {
+        return Some(permit);
+    }
+    shared.log.log(
+        LogLevel::Warning,
+        "total open connections reached the connection limit, no longer accepting new connections"
+            .into(),
+    );
+    let permit = tokio::select! {
+        p = limit.clone().acquire_owned() => p.ok()?,
+        _ = shutdown.recv() => return None,
+    };
+    shared.log.log(
+        LogLevel::Info,
+        "total open connections dropped below the connection limit, listening again".into(),
+    );
+    Some(permit)
+}
+
+/// Logs a failed `accept`, and backs off when the process is out of descriptors or
+/// memory instead of spinning.
+async fn accept_failed(err: &io::Error, shared: &Shared) {
+    if err.kind() == io::ErrorKind::ConnectionAborted {
+        return;
+    }
+    if shared.config.log_socket_errors {
+        shared.log.log(
+            LogLevel::Warning,
+            format!("server accept() threw an exception: {err}"),
+        );
+    }
+    if matches!(
+        err.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+    ) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Sets up an accepted socket and spawns its connection task; `done` runs when the
+/// task ends (it releases the connection's place and count).
+fn start_connection(
+    socket: Socket,
+    peer: SockAddr,
+    info: &Arc<ListenerInfo>,
+    shared: &Arc<Shared>,
+    done: impl FnOnce() + Send + 'static,
+) {
+    if info.kind == ListenerKind::Tcp {
+        let _ = socket.set_tcp_nodelay(true);
+        let _ = socket.set_tcp_notsent_lowat(NOTSENT_LOWAT);
+    }
+    let conn = match Conn::new(socket) {
+        Ok(c) => Arc::new(c),
+        Err(err) => {
+            shared.log.log(
+                LogLevel::Warning,
+                format!("could not register a connection: {err}"),
+            );
+            return done();
+        }
+    };
+    let peer = match info.kind {
+        ListenerKind::Tcp => peer.as_socket().map_or(Peer::Unix, Peer::Tcp),
+        ListenerKind::Unix => Peer::Unix,
+    };
+    let conn_info = Arc::new(ConnInfo::new(peer, info.clone(), shared.shutdown.clone()));
+    let shared = shared.clone();
+    tokio::spawn(async move {
+        connection::serve(conn, conn_info, shared).await;
+        done();
+    });
 }
 
 /// Accepts one connection, non-blocking and close-on-exec from the start.

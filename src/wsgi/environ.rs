@@ -4,6 +4,7 @@
 //! change (protocol names, common methods, url scheme, server name) are cached objects,
 //! so a typical request allocates only the strings that really differ.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, Weak};
@@ -405,7 +406,7 @@ impl EnvironTemplate {
         overrides: Option<&Overrides>,
     ) -> PyResult<()> {
         let mut stack = [0u8; FIELD_NAME_STACK];
-        for (index, (name, value)) in head.fields().enumerate() {
+        for (index, (name, _)) in head.fields().enumerate() {
             if name.contains(&b'_') {
                 // Underscores would make e.g. "X-Auth_User" collide with "X-Auth-User".
                 continue;
@@ -417,13 +418,7 @@ impl EnvironTemplate {
                 heap = vec![0u8; name.len()];
                 &mut heap
             };
-            for (out, &b) in upper.iter_mut().zip(name) {
-                *out = if b == b'-' {
-                    b'_'
-                } else {
-                    b.to_ascii_uppercase()
-                };
-            }
+            cgi_name(name, upper);
             let upper: &[u8] = upper;
             if upper == b"TRANSFER_ENCODING" {
                 continue;
@@ -432,31 +427,16 @@ impl EnvironTemplate {
             if proxy_bit.is_some_and(|bit| drop & bit != 0) {
                 continue;
             }
+            // Repeated fields are joined with ", " in arrival order, under the first.
+            if head.fields().take(index).any(|(n, _)| same_key(n, name)) {
+                continue;
+            }
             let rewritten = proxy_bit.and_then(|bit| {
                 overrides.and_then(|o| o.rewritten.iter().find(|(b, _)| *b == bit).map(|(_, v)| v))
             });
-            // Repeated fields are joined with ", " in arrival order, under the first.
-            let earlier = head.fields().take(index).any(|(n, _)| same_key(n, name));
-            if earlier {
-                continue;
-            }
-            let later = head
-                .fields()
-                .skip(index + 1)
-                .any(|(n, _)| same_key(n, name));
-            let value = if let Some(text) = rewritten {
-                PyString::new(py, text)
-            } else if later {
-                let mut joined = value.to_vec();
-                for (n, v) in head.fields().skip(index + 1) {
-                    if same_key(n, name) {
-                        joined.extend_from_slice(b", ");
-                        joined.extend_from_slice(v);
-                    }
-                }
-                latin1(py, &joined)?
-            } else {
-                latin1(py, value)?
+            let value = match rewritten {
+                Some(text) => PyString::new(py, text),
+                None => latin1(py, &joined_value(head, index))?,
             };
             match upper {
                 b"CONTENT_TYPE" => env.set_item(&self.keys.content_type, value)?,
@@ -491,6 +471,36 @@ fn peer_text(peer: &Peer) -> String {
 
 /// Two field names give the same environ key: equal ignoring case, with `-` and `_`
 /// alike (names with `_` never get here).
+/// A field name as a CGI variable name: upper case, `-` as `_` (into `out`, which has
+/// the name's length).
+fn cgi_name(name: &[u8], out: &mut [u8]) {
+    for (out, &b) in out.iter_mut().zip(name) {
+        *out = if b == b'-' {
+            b'_'
+        } else {
+            b.to_ascii_uppercase()
+        };
+    }
+}
+
+/// The value of the field at `index`, with the values of later fields of the same name
+/// joined to it by ", " in arrival order.
+fn joined_value<'a>(head: &'a RequestHead, index: usize) -> Cow<'a, [u8]> {
+    let mut fields = head.fields().skip(index);
+    let Some((name, value)) = fields.next() else {
+        return Cow::Borrowed(&[]);
+    };
+    let mut joined: Option<Vec<u8>> = None;
+    for (n, v) in fields {
+        if same_key(n, name) {
+            let out = joined.get_or_insert_with(|| value.to_vec());
+            out.extend_from_slice(b", ");
+            out.extend_from_slice(v);
+        }
+    }
+    joined.map_or(Cow::Borrowed(value), Cow::Owned)
+}
+
 fn same_key(a: &[u8], b: &[u8]) -> bool {
     a.eq_ignore_ascii_case(b)
 }

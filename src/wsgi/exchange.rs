@@ -328,75 +328,29 @@ impl AppContext {
         if exchange.responder.is_failed() {
             return Err(ClientDisconnected::new_err("client disconnected"));
         }
-        match &mut exchange.source {
+        let chunks = match &mut exchange.source {
             // Handled by `send_file` before any chunk is pulled.
-            Source::Done | Source::SendFile { .. } => Ok(None),
+            Source::Done | Source::SendFile { .. } => None,
             Source::Seq { items, next } => {
-                let items = items.bind(py).clone();
-                let len = items.len()?;
-                if *next >= len {
-                    exchange.source = Source::Done;
-                    return Ok(None);
+                let chunks = rest_of_sequence(items.bind(py), *next)?;
+                if let Some((_, total)) = &chunks {
+                    exchange.state(py)?.body_known(*total);
                 }
-                let mut chunks = Chunks::with_capacity(len - *next);
-                let mut total = 0u64;
-                for i in *next..len {
-                    let item = items.get_item(i)?;
-                    let bytes = as_bytes(&item)?.clone();
-                    total += bytes.as_bytes().len() as u64;
-                    chunks.push(bytes);
-                }
-                exchange.source = Source::Done;
-                exchange.state(py)?.body_known(total);
-                Ok(Some(chunks))
+                chunks.map(|(chunks, _)| chunks)
             }
-            Source::Iter(iter) => {
-                let iter = iter.bind(py).clone();
-                loop {
-                    let Some(item) = next_item(&iter)? else {
-                        exchange.source = Source::Done;
-                        return Ok(None);
-                    };
-                    let bytes = as_bytes(&item)?;
-                    if bytes.as_bytes().is_empty() {
-                        continue;
-                    }
-                    return Ok(Some(smallvec::smallvec![bytes.clone()]));
-                }
-            }
+            Source::Iter(iter) => next_non_empty(iter.bind(py))?,
             Source::File {
                 filelike,
                 remaining,
                 block,
-            } => {
-                let want = match *remaining {
-                    Some(0) => {
-                        exchange.source = Source::Done;
-                        return Ok(None);
-                    }
-                    Some(n) => n.min(*block as u64) as usize,
-                    None => *block,
-                };
-                if exchange.head_request {
-                    exchange.source = Source::Done;
-                    return Ok(None);
-                }
-                let data = filelike.bind(py).call_method1("read", (want,))?;
-                let bytes = data.cast::<PyBytes>().map_err(|_| {
-                    pyo3::exceptions::PyTypeError::new_err("file_wrapper: read() must return bytes")
-                })?;
-                let n = bytes.as_bytes().len() as u64;
-                if n == 0 {
-                    // The file ended early; `finish` reports the shortfall and closes.
-                    exchange.source = Source::Done;
-                    return Ok(None);
-                }
-                if let Some(r) = remaining {
-                    *r = r.saturating_sub(n);
-                }
-                Ok(Some(smallvec::smallvec![bytes.clone()]))
-            }
+            } if !exchange.head_request => read_block(filelike.bind(py), remaining, *block)?,
+            Source::File { .. } => None,
+        };
+        // A sequence hands over everything at once; the others stop at their end.
+        if chunks.is_none() || matches!(exchange.source, Source::Seq { .. }) {
+            exchange.source = Source::Done;
         }
+        Ok(chunks)
     }
 
     /// Hands a regular file to the connection task. The worker is free at once; the
@@ -509,6 +463,65 @@ impl AppContext {
             }
         }
     }
+}
+
+/// Every item of a list or tuple from `next` on, and their total size; `None` when
+/// nothing is left.
+fn rest_of_sequence<'py>(
+    items: &Bound<'py, PyAny>,
+    next: usize,
+) -> PyResult<Option<(Chunks<'py>, u64)>> {
+    let len = items.len()?;
+    if next >= len {
+        return Ok(None);
+    }
+    let mut chunks = Chunks::with_capacity(len - next);
+    let mut total = 0u64;
+    for i in next..len {
+        let item = items.get_item(i)?;
+        let bytes = as_bytes(&item)?.clone();
+        total += bytes.as_bytes().len() as u64;
+        chunks.push(bytes);
+    }
+    Ok(Some((chunks, total)))
+}
+
+/// The iterator's next non-empty item; `None` at its end.
+fn next_non_empty<'py>(iter: &Bound<'py, PyAny>) -> PyResult<Option<Chunks<'py>>> {
+    while let Some(item) = next_item(iter)? {
+        let bytes = as_bytes(&item)?;
+        if !bytes.as_bytes().is_empty() {
+            return Ok(Some(smallvec::smallvec![bytes.clone()]));
+        }
+    }
+    Ok(None)
+}
+
+/// The next block of a file-like object read through Python; `None` at the end of
+/// what is to be sent, or when the file ends early (`finish` then reports the
+/// shortfall and closes).
+fn read_block<'py>(
+    filelike: &Bound<'py, PyAny>,
+    remaining: &mut Option<u64>,
+    block: usize,
+) -> PyResult<Option<Chunks<'py>>> {
+    let want = match *remaining {
+        Some(0) => return Ok(None),
+        Some(n) => n.min(block as u64) as usize,
+        None => block,
+    };
+    let data = filelike.call_method1("read", (want,))?;
+    let bytes = data.cast_into::<PyBytes>().map_err(|_| {
+        pyo3::exceptions::PyTypeError::new_err("file_wrapper: read() must return bytes")
+    })?;
+    let n = bytes.as_bytes().len() as u64;
+    if n == 0 {
+        return Ok(None);
+    }
+    if let Some(r) = remaining {
+        *r = r.saturating_sub(n);
+    }
+    Ok(Some(smallvec::smallvec![bytes]))
 }
 
 fn as_bytes<'a, 'py>(item: &'a Bound<'py, PyAny>) -> PyResult<&'a Bound<'py, PyBytes>> {

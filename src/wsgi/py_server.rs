@@ -105,6 +105,26 @@ impl PyServer {
             return Ok(());
         }
         let loggers = Arc::new(Loggers::new(py)?);
+        let (pool, running) = self.start(py, listeners, &loggers)?;
+        let outcome = self.serve_until_stopped(py, &loggers);
+        self.shut_down(py, running, pool, &loggers);
+        outcome
+    }
+
+    /// Asks `run()` to stop; safe from any thread, and before `run()`.
+    fn close(&self) {
+        self.control.request_close();
+    }
+}
+
+impl PyServer {
+    /// Starts the worker pool and the I/O runtime on `listeners`.
+    fn start(
+        &self,
+        py: Python<'_>,
+        listeners: Vec<ListenerSpec>,
+        loggers: &Arc<Loggers>,
+    ) -> PyResult<(Pool, server::Running)> {
         let log: Arc<dyn EventLog> = self.control.clone();
         let pool_shared = Arc::new(PoolShared::new(self.config.threads, log.clone()));
         let file_wrapper = py.get_type::<FileWrapper>().into_any().unbind();
@@ -127,42 +147,36 @@ impl PyServer {
         let pool =
             Pool::start(pool_shared.clone(), ctx).map_err(|e| PyOSError::new_err(e.to_string()))?;
         let dispatcher: Arc<dyn Dispatcher> = pool_shared;
-        let running = match server::start(self.config.clone(), listeners, dispatcher, log) {
-            Ok(r) => r,
+        match server::start(self.config.clone(), listeners, dispatcher, log) {
+            Ok(running) => Ok((pool, running)),
             Err(err) => {
                 py.detach(|| pool.shutdown(Duration::from_secs(1)));
-                return Err(PyOSError::new_err(err.to_string()));
-            }
-        };
-        let on_main_thread = is_main_thread(py)?;
-        let poll = on_main_thread.then_some(SIGNAL_POLL);
-        let outcome = loop {
-            py.detach(|| self.control.wait(poll));
-            self.control.flush_logs(py, &loggers);
-            if self.control.close_requested() {
-                break Ok(());
-            }
-            if let Err(err) = py.check_signals() {
-                break Err(err);
-            }
-        };
-
-        running.begin_shutdown();
-        let deadline = Instant::now() + self.config.shutdown_timeout;
-        let mut open = 1;
-        while open > 0 {
-            let now = Instant::now();
-            if now >= deadline {
-                break;
-            }
-            let slice = (deadline - now).min(SIGNAL_POLL);
-            open = py.detach(|| running.wait_for_connections(slice));
-            self.control.flush_logs(py, &loggers);
-            if py.check_signals().is_err() {
-                // A second interrupt: stop waiting.
-                break;
+                Err(PyOSError::new_err(err.to_string()))
             }
         }
+    }
+
+    /// Blocks (GIL released) until `close()` or a signal handler raises; on the main
+    /// thread it wakes every `SIGNAL_POLL` to let Python run its signal handlers.
+    fn serve_until_stopped(&self, py: Python<'_>, loggers: &Loggers) -> PyResult<()> {
+        let poll = is_main_thread(py)?.then_some(SIGNAL_POLL);
+        loop {
+            py.detach(|| self.control.wait(poll));
+            self.control.flush_logs(py, loggers);
+            if self.control.close_requested() {
+                return Ok(());
+            }
+            py.check_signals()?;
+        }
+    }
+
+    /// The graceful shutdown: stop accepting, let connections finish for up to
+    /// `shutdown_timeout`, drop the rest, then stop the pool (requests still queued are
+    /// dropped, threads stuck in the application are left behind and counted).
+    fn shut_down(&self, py: Python<'_>, running: server::Running, pool: Pool, loggers: &Loggers) {
+        running.begin_shutdown();
+        let deadline = Instant::now() + self.config.shutdown_timeout;
+        let open = self.wait_for_connections(py, &running, deadline, loggers);
         if open > 0 {
             loggers.log(
                 py,
@@ -186,13 +200,33 @@ impl PyServer {
                 &format!("{busy} thread(s) still running"),
             );
         }
-        self.control.flush_logs(py, &loggers);
-        outcome
+        self.control.flush_logs(py, loggers);
     }
 
-    /// Asks `run()` to stop; safe from any thread, and before `run()`.
-    fn close(&self) {
-        self.control.request_close();
+    /// Waits until every connection has closed or `deadline` passes (or a second
+    /// interrupt comes); returns how many are still open.
+    fn wait_for_connections(
+        &self,
+        py: Python<'_>,
+        running: &server::Running,
+        deadline: Instant,
+        loggers: &Loggers,
+    ) -> usize {
+        let mut open = 1;
+        while open > 0 {
+            let now = Instant::now();
+            if now >= deadline {
+                break;
+            }
+            let slice = (deadline - now).min(SIGNAL_POLL);
+            open = py.detach(|| running.wait_for_connections(slice));
+            self.control.flush_logs(py, loggers);
+            if py.check_signals().is_err() {
+                // A second interrupt: stop waiting.
+                break;
+            }
+        }
+        open
     }
 }
 

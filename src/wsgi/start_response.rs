@@ -163,92 +163,35 @@ impl ResponseState {
         headers: &Bound<'_, PyAny>,
         exc_info: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<()> {
-        let exc_info = exc_info.filter(|e| e.is_truthy().unwrap_or(true));
-        match exc_info {
-            Some(info) if self.head_sent() => {
-                let value = info.get_item(1)?;
-                let traceback = info.get_item(2)?;
-                return Err(PyErr::from_value(
-                    value.call_method1("with_traceback", (traceback,))?,
-                ));
-            }
-            None if self.started() => {
-                return Err(PyAssertionError::new_err(
-                    "start_response called a second time without providing exc_info.",
-                ));
-            }
-            _ => {}
-        }
-        let status_text = status.cast::<PyString>().map_err(|_| {
-            PyAssertionError::new_err(format!("status {} is not a string", repr(status)))
-        })?;
+        self.check_restart(exc_info)?;
         let mut text = Vec::with_capacity(256);
-        push_latin1(&mut text, status_text)?;
+        let code = push_status(&mut text, status)?;
         let status_len = text.len();
-        let status_bytes = &text[..];
-        if status_bytes.iter().any(|&b| b == b'\r' || b == b'\n') {
-            return Err(PyValueError::new_err(
-                "carriage return/line feed character present in status",
-            ));
-        }
-        let code = status_code(status_bytes).ok_or_else(|| {
-            PyValueError::new_err(format!(
-                "invalid status {}: it must start with a three-digit code",
-                repr(status)
-            ))
-        })?;
-        if status_bytes
-            .iter()
-            .any(|&b| b < 0x20 && b != b'\t' || b == 0x7f)
-        {
-            return Err(PyValueError::new_err("control character present in status"));
-        }
-
-        let fields = &mut text;
-        let mut content_length = None;
-        let mut app_sent_date = false;
-        let mut app_sent_server = false;
-        for item in headers.try_iter()? {
-            let item = item?;
-            let (name, value): (Bound<'_, PyAny>, Bound<'_, PyAny>) = item.extract()?;
-            let name = name.cast_into::<PyString>().map_err(|e| {
-                PyAssertionError::new_err(format!(
-                    "Header name {} is not a string",
-                    repr(e.into_inner().as_any())
-                ))
-            })?;
-            let value = value.cast_into::<PyString>().map_err(|e| {
-                PyAssertionError::new_err(format!(
-                    "Header value {} is not a string",
-                    repr(e.into_inner().as_any())
-                ))
-            })?;
-            // Serialize straight into the block, then check what was written.
-            let line_start = fields.len();
-            push_latin1(fields, &name)?;
-            let name_end = fields.len();
-            fields.extend_from_slice(b": ");
-            let value_start = fields.len();
-            push_latin1(fields, &value)?;
-            let (name_bytes, value_bytes) = (&fields[line_start..name_end], &fields[value_start..]);
-            check_field(name_bytes, value_bytes, &name)?;
-            let is = |n: &str| name_bytes.eq_ignore_ascii_case(n.as_bytes());
-            if is("content-length") {
-                content_length = Some(parse_content_length(py, value_bytes, &value)?);
-                fields.truncate(line_start);
-                continue;
-            }
-            app_sent_date |= is("date");
-            app_sent_server |= is("server");
-            fields.extend_from_slice(b"\r\n");
-        }
+        let found = push_headers(py, &mut text, headers)?;
         self.head = Head::Set { status_len };
         self.code = code;
         self.text = text;
-        self.content_length = content_length;
-        self.app_sent_date = app_sent_date;
-        self.app_sent_server = app_sent_server;
+        self.content_length = found.content_length;
+        self.app_sent_date = found.date;
+        self.app_sent_server = found.server;
         Ok(())
+    }
+
+    /// A second call needs `exc_info`; once the head is out, it re-raises the error.
+    fn check_restart(&self, exc_info: Option<&Bound<'_, PyAny>>) -> PyResult<()> {
+        match exc_info.filter(|e| e.is_truthy().unwrap_or(true)) {
+            Some(info) if self.head_sent() => {
+                let value = info.get_item(1)?;
+                let traceback = info.get_item(2)?;
+                Err(PyErr::from_value(
+                    value.call_method1("with_traceback", (traceback,))?,
+                ))
+            }
+            None if self.started() => Err(PyAssertionError::new_err(
+                "start_response called a second time without providing exc_info.",
+            )),
+            _ => Ok(()),
+        }
     }
 
     /// Writes the head into `out`; the framing is fixed from here on.
@@ -592,6 +535,83 @@ fn push_latin1(out: &mut Vec<u8>, s: &Bound<'_, PyString>) -> PyResult<()> {
         out.push(code as u8);
     }
     Ok(())
+}
+
+/// Appends the status (latin-1) to `text` after checking it; returns its code.
+fn push_status(text: &mut Vec<u8>, status: &Bound<'_, PyAny>) -> PyResult<u16> {
+    let status_text = status.cast::<PyString>().map_err(|_| {
+        PyAssertionError::new_err(format!("status {} is not a string", repr(status)))
+    })?;
+    push_latin1(text, status_text)?;
+    let status_bytes = &text[..];
+    if status_bytes.iter().any(|&b| b == b'\r' || b == b'\n') {
+        return Err(PyValueError::new_err(
+            "carriage return/line feed character present in status",
+        ));
+    }
+    let code = status_code(status_bytes).ok_or_else(|| {
+        PyValueError::new_err(format!(
+            "invalid status {}: it must start with a three-digit code",
+            repr(status)
+        ))
+    })?;
+    if status_bytes
+        .iter()
+        .any(|&b| b < 0x20 && b != b'\t' || b == 0x7f)
+    {
+        return Err(PyValueError::new_err("control character present in status"));
+    }
+    Ok(code)
+}
+
+/// What the application's headers said that the server acts on.
+#[derive(Default)]
+struct HeaderFacts {
+    content_length: Option<u64>,
+    date: bool,
+    server: bool,
+}
+
+/// Appends the application's headers to `fields` as `Name: value\r\n` lines (all but
+/// Content-Length, which is parsed instead), checking each.
+fn push_headers(
+    py: Python<'_>,
+    fields: &mut Vec<u8>,
+    headers: &Bound<'_, PyAny>,
+) -> PyResult<HeaderFacts> {
+    let mut found = HeaderFacts::default();
+    for item in headers.try_iter()? {
+        let (name, value): (Bound<'_, PyAny>, Bound<'_, PyAny>) = item?.extract()?;
+        let name = header_text(name, "name")?;
+        let value = header_text(value, "value")?;
+        // Serialize straight into the block, then check what was written.
+        let line_start = fields.len();
+        push_latin1(fields, &name)?;
+        let name_end = fields.len();
+        fields.extend_from_slice(b": ");
+        let value_start = fields.len();
+        push_latin1(fields, &value)?;
+        let (name_bytes, value_bytes) = (&fields[line_start..name_end], &fields[value_start..]);
+        check_field(name_bytes, value_bytes, &name)?;
+        let is = |n: &str| name_bytes.eq_ignore_ascii_case(n.as_bytes());
+        if is("content-length") {
+            found.content_length = Some(parse_content_length(py, value_bytes, &value)?);
+            fields.truncate(line_start);
+            continue;
+        }
+        found.date |= is("date");
+        found.server |= is("server");
+        fields.extend_from_slice(b"\r\n");
+    }
+    Ok(found)
+}
+
+/// A header name or value, which must be a `str`.
+fn header_text<'py>(item: Bound<'py, PyAny>, what: &str) -> PyResult<Bound<'py, PyString>> {
+    item.cast_into::<PyString>().map_err(|e| {
+        let shown = repr(e.into_inner().as_any());
+        PyAssertionError::new_err(format!("Header {what} {shown} is not a string"))
+    })
 }
 
 /// The header checks, in Waitress's order: CR/LF in the value, CR/LF in the name,
