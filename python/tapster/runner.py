@@ -12,7 +12,8 @@ import sys
 from typing import IO, Any, Callable, NoReturn
 
 from tapster import _tapster, serve
-from tapster.adjustments import BOOLEANS, HELP, PARAMS, Adjustments
+from tapster.adjustments import Adjustments
+from tapster.options import COMMAND_LINE, plain
 
 USAGE = """\
 Usage:
@@ -33,23 +34,13 @@ Options:
 
 
 def _option_help() -> str:
-    lines = []
-    defaults = Adjustments.__dict__
-    for name, cast in PARAMS:
-        if name == "sockets":
-            continue
-        flag = name.replace("_", "-")
-        default = defaults.get(name)
-        if name == "listen":
-            default = "0.0.0.0:8080"
-        elif name == "unix_socket_perms":
-            default = "600"
-        if name in BOOLEANS:
-            head = f"  --{flag}, --no-{flag}"
-        else:
-            head = f"  --{flag}=VALUE"
-        lines.append(f"{head}\n      {HELP[name]} Default: {default}.")
-    return "\n\n".join(lines)
+    """One entry per command-line option, from its record."""
+    entries = []
+    for option in COMMAND_LINE:
+        head = ", ".join(option.flags) if option.boolean else option.flags[0] + "=VALUE"
+        text = plain(f"{option.help} Default: {option.shown_default}.")
+        entries.append(f"  {head}\n      {text}")
+    return "\n\n".join(entries)
 
 
 def show_help(stream: IO[str], name: str, error: str | None = None) -> None:

@@ -14,14 +14,20 @@ from types import FrameType
 from typing import Any, Callable
 
 from tapster import _tapster
-from tapster.adjustments import NO_EFFECT, Adjustments
+from tapster.adjustments import Adjustments
+from tapster.options import OPTIONS
 
 logger = logging.getLogger("tapster")
 
 WSGIApp = Callable[..., Any]
 
-#: Options handed to the Rust engine (the rest shape binding, or have no effect).
-ENGINE_OPTIONS: tuple[str, ...] = tuple(_tapster.ENGINE_OPTIONS)
+
+def engine_config(adj: Adjustments) -> _tapster.EngineConfig:
+    """The options the engine takes (every record with `engine`), validated there once:
+    a bad value is a ValueError that names it. Made before any socket is bound."""
+    options = {option.name: getattr(adj, option.name) for option in OPTIONS if option.engine}
+    options["trusted_proxy_headers"] = sorted(adj.trusted_proxy_headers)
+    return _tapster.EngineConfig(options)
 
 
 def cleanup_unix_socket(path: str) -> None:
@@ -97,7 +103,13 @@ def _adopt(adj: Adjustments, sock: socket.socket) -> _Listener:
 class BaseWSGIServer:
     """What every Tapster server offers: `run()`, `close()`, `print_listen()`."""
 
-    def __init__(self, application: WSGIApp, adj: Adjustments, listeners: list[_Listener]) -> None:
+    def __init__(
+        self,
+        application: WSGIApp,
+        adj: Adjustments,
+        listeners: list[_Listener],
+        config: _tapster.EngineConfig,
+    ) -> None:
         if application is None:
             raise ValueError(
                 'The "app" passed to ``create_server`` was ``None``.  You forgot '
@@ -106,11 +118,9 @@ class BaseWSGIServer:
         self.application = application
         self.adj = adj
         self.listeners = listeners
-        options = {name: getattr(adj, name) for name in ENGINE_OPTIONS}
-        options["trusted_proxy_headers"] = sorted(adj.trusted_proxy_headers)
         self._engine = _tapster.Server(
             application,
-            _tapster.EngineConfig(options),
+            config,
             [(lst.socket.fileno(), lst.kind, lst.server_port) for lst in listeners],
         )
         self._closed = False
@@ -216,9 +226,11 @@ def create_server(
             "to return a WSGI app within your application."
         )
     adj = Adjustments(**kw)
+    config = engine_config(adj)
     _raise_fd_limit(2 * adj.connection_limit + 256)
-    for name in NO_EFFECT & kw.keys():
-        logger.debug("option %s has no effect in Tapster", name)
+    for option in OPTIONS:
+        if option.layer == "compat" and option.name in kw:
+            logger.debug("option %s has no effect in Tapster", option.name)
 
     listeners: list[_Listener] = []
     try:
@@ -237,10 +249,10 @@ def create_server(
         if not listeners:
             raise ValueError("No listening sockets: check the listen option")
         if len(listeners) > 1:
-            return MultiSocketServer(application, adj, listeners)
+            return MultiSocketServer(application, adj, listeners, config)
         if listeners[0].kind == "unix":
-            return UnixWSGIServer(application, adj, listeners)
-        return TcpWSGIServer(application, adj, listeners)
+            return UnixWSGIServer(application, adj, listeners, config)
+        return TcpWSGIServer(application, adj, listeners, config)
     except BaseException:
         for lst in listeners:
             if _sock is None and lst.socket not in adj.sockets:

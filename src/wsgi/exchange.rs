@@ -1,7 +1,9 @@
-//! Runs one request through the application and drains its response: builds the
-//! environ, calls the app, iterates the app_iter (lists without the iterator protocol,
-//! `wsgi.file_wrapper` by `sendfile(2)` or by reading its file), frames and sends each
-//! chunk, and always calls `close()`.
+//! The exchange driver: runs one request through the application and drains its
+//! response. It skips a request whose connection is already gone, builds the environ,
+//! calls the app, iterates the app_iter (lists without the iterator protocol,
+//! `wsgi.file_wrapper` by `sendfile(2)` or by reading its file), sends each chunk
+//! through the response state, always calls `close()`, and lets `wsgi.input`'s body go.
+//! It is the pool's `Runner`; the pool knows nothing else of it.
 //!
 //! When more than `outbuf_high_watermark` bytes wait for a slow client, the exchange
 //! parks itself with the `Responder` and the worker thread moves on; the connection task

@@ -1,6 +1,7 @@
-//! The only part of Tapster that touches Python: the worker pool that runs the
-//! application with the GIL, the environ, `wsgi.input`, `start_response` and `write`,
-//! draining the app_iter, `wsgi.file_wrapper`, error pages and logging.
+//! The only part of Tapster that touches Python: the engine options as Python hands
+//! them over, the worker pool that runs the application with the GIL, the exchange
+//! driver, the environ, `wsgi.input`, `start_response` and `write`,
+//! `wsgi.file_wrapper`, error pages and logging.
 //!
 //! Everything that could block on a socket is handed to `server::Responder` with the
 //! GIL released.

@@ -1,5 +1,6 @@
 //! `tapster._tapster.Server`: the object the Python layer builds with the application,
-//! the cast options and the bound listening sockets. `run()` starts the I/O runtime and
+//! the validated engine options (`options::EngineConfig`) and the bound listening
+//! sockets. `run()` starts the I/O runtime and
 //! the worker pool and blocks (GIL released) until `close()` or a signal; it then shuts
 //! down gracefully.
 

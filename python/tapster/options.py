@@ -1,0 +1,321 @@
+"""The one table of server options: one record per option, with its name, cast,
+default, what it shapes and its help text. The keyword arguments, the command line
+(`tapster --help`), PasteDeploy, the engine's options and the README's options table
+are all derived from `OPTIONS`.
+
+Adding an option means one record here, one field in the Rust engine (when it is an
+engine option: `src/wsgi/options.rs`) and its use.
+"""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable
+
+# --- casts: every value (a string from the command line or PasteDeploy, or a Python
+# value) goes through its option's cast. Validation of single values is the engine's.
+
+TRUTHY = frozenset(("t", "true", "y", "yes", "on", "1"))
+
+
+def asbool(value: Any) -> bool:
+    """True for t, true, y, yes, on and 1 (any case, surrounding space ignored)."""
+    if value is None:
+        return False
+    if isinstance(value, bool):
+        return value
+    return str(value).strip().lower() in TRUTHY
+
+
+def asoctal(value: str) -> int:
+    """'660' -> 0o660. Like Waitress, only strings are accepted."""
+    return int(value, 8)
+
+
+def aslist_cronly(value: Any) -> list[str]:
+    if isinstance(value, str):
+        return [line.strip() for line in value.splitlines() if line.strip()]
+    return list(value)
+
+
+def aslist(value: Any) -> list[str]:
+    """Splits a string on lines and whitespace; each item of an iterable is split too."""
+    result: list[str] = []
+    for item in aslist_cronly(value):
+        result.extend(item.split())
+    return result
+
+
+def asset(value: Any) -> set[str]:
+    return set(aslist(value))
+
+
+def slash_fixed_str(value: Any) -> str:
+    """'/app/' -> '/app'; '' and '/' -> ''."""
+    value = str(value).strip()
+    if value:
+        value = "/" + value.strip("/")
+    return "" if value == "/" else value
+
+
+def str_iftruthy(value: Any) -> str | None:
+    return str(value) if value else None
+
+
+def as_socket_list(sockets: Iterable[Any]) -> list[socket.socket]:
+    """Keeps the socket objects; anything else is dropped, as Waitress does."""
+    return [s for s in sockets if isinstance(s, socket.socket)]
+
+
+def as_trusted_proxies(value: Any) -> str | None:
+    """One address, '*', or (Tapster) a list of addresses and CIDR ranges."""
+    if not value:
+        return None
+    text = " ".join(aslist(value)) if not isinstance(value, str) else value.strip()
+    return text or None
+
+
+# --- the records ---------------------------------------------------------------------
+
+#: What an option shapes: the sockets Python binds, the engine's I/O, what the
+#: application sees, or nothing (accepted for Waitress compatibility).
+LAYERS = ("listen", "server", "application", "compat")
+
+#: The layers whose options are handed to the Rust engine.
+ENGINE_LAYERS = frozenset(("server", "application"))
+
+
+@dataclass(frozen=True, eq=False)
+class Option:
+    """One option. `help` may mark code with backticks: the README shows them, and
+    `tapster --help` drops them. (Records compare and hash by identity: some defaults
+    are lists or sets.)"""
+
+    name: str
+    cast: Callable[[Any], Any]
+    default: Any
+    layer: str
+    help: str
+    #: False for the one option the command line cannot carry (`sockets`).
+    command_line: bool = True
+
+    def __post_init__(self) -> None:
+        if self.layer not in LAYERS:
+            raise ValueError(f"option {self.name}: unknown layer {self.layer!r}")
+
+    @property
+    def engine(self) -> bool:
+        """Whether the value is handed to the Rust engine (`EngineConfig`)."""
+        return self.layer in ENGINE_LAYERS
+
+    @property
+    def boolean(self) -> bool:
+        """Booleans are flags on the command line: `--name` and `--no-name`."""
+        return self.cast is asbool
+
+    @property
+    def flags(self) -> tuple[str, ...]:
+        """`--name` (with `-` for `_`), and `--no-name` for a boolean."""
+        flag = "--" + self.name.replace("_", "-")
+        return (flag, "--no-" + flag[2:]) if self.boolean else (flag,)
+
+    @property
+    def shown_default(self) -> str:
+        """The default as the README shows it (literal values in backticks) and, without
+        the backticks, `tapster --help`."""
+        value = self.default
+        if self.boolean:
+            return "on" if value else "off"
+        if self.cast is asoctal:
+            return f"`{value:o}`"
+        if isinstance(value, (list, set)):
+            value = " ".join(sorted(value) if isinstance(value, set) else value) or None
+        if value is None:
+            return "none"
+        if value == "":
+            return "empty"
+        return f"`{value}`"
+
+
+def plain(text: str) -> str:
+    """Markdown text without its code marks, for the terminal."""
+    return text.replace("`", "")
+
+
+#: Every option, in Waitress's order, then Tapster's own.
+OPTIONS: tuple[Option, ...] = (
+    Option(
+        "host", str, "0.0.0.0", "listen",
+        "Hostname or IP address to listen on (with `port`; conflicts with `listen`).",
+    ),
+    Option(
+        "port", int, 8080, "listen",
+        "TCP port to listen on (with `host`; conflicts with `listen`, whose entries "
+        "without a port use the default port).",
+    ),
+    Option("ipv4", asbool, True, "listen", "Bind the IPv4 addresses `listen` entries resolve to."),
+    Option(
+        "ipv6", asbool, True, "listen",
+        "Bind the IPv6 addresses `listen` entries resolve to (IPv6 sockets are V6ONLY).",
+    ),
+    Option(
+        "listen", aslist, ["0.0.0.0:8080"], "listen",
+        "`host:port` entries to listen on, separated by whitespace; `--listen` is "
+        "repeatable. `*:8080` is every interface, `[::1]:8080` an IPv6 address.",
+    ),
+    Option(
+        "threads", int, 4, "server",
+        "Python threads that may run the application at once (one drains the queue; "
+        "others join when it blocks).",
+    ),
+    Option(
+        "trusted_proxy", as_trusted_proxies, None, "application",
+        "Peer allowed to send forwarding headers: an address, `*` (every peer), or "
+        "(Tapster) addresses and CIDR ranges separated by spaces or commas; `localhost` "
+        "for Unix sockets.",
+    ),
+    Option(
+        "trusted_proxy_count", int, 1, "application",
+        "How many proxies in front of this server to believe (only with `trusted_proxy`).",
+    ),
+    Option(
+        "trusted_proxy_headers", asset, set(), "application",
+        "Which forwarding headers to believe: `x-forwarded-for`, `x-forwarded-host`, "
+        "`x-forwarded-proto`, `x-forwarded-port`, `x-forwarded-by`, or `forwarded` (only "
+        "with `trusted_proxy`; when `trusted_proxy` is set without it, `x-forwarded-proto` "
+        "with a DeprecationWarning).",
+    ),
+    Option(
+        "log_untrusted_proxy_headers", asbool, False, "application",
+        "Log a WARNING naming the forwarding headers removed from untrusted peers' requests.",
+    ),
+    Option(
+        "clear_untrusted_proxy_headers", asbool, True, "application",
+        "Remove forwarding headers that are not trusted from the environ.",
+    ),
+    Option("url_scheme", str, "http", "application", "Default `wsgi.url_scheme`."),
+    Option(
+        "url_prefix", slash_fixed_str, "", "application",
+        "SCRIPT_NAME of every request; removed from the front of PATH_INFO.",
+    ),
+    Option("backlog", int, 1024, "listen", "Listen backlog of each socket."),
+    Option("recv_bytes", int, 8192, "server", "Largest `recv()` when reading request heads."),
+    Option(
+        "send_bytes", int, 1, "compat",
+        "Deprecated (a DeprecationWarning, as in Waitress); no effect.",
+    ),
+    Option(
+        "outbuf_overflow", int, 1048576, "server",
+        "Response bytes waiting for a client beyond this go to a temporary file.",
+    ),
+    Option(
+        "outbuf_high_watermark", int, 16777216, "server",
+        "Above this many pending response bytes the application is paused until the "
+        "client catches up.",
+    ),
+    Option(
+        "inbuf_overflow", int, 524288, "server",
+        "A request body this large goes to a temporary file.",
+    ),
+    Option(
+        "connection_limit", int, 1000, "server",
+        "Open client connections at most; more wait in the backlog.",
+    ),
+    Option(
+        "cleanup_interval", int, 30, "compat",
+        "Waitress's seconds between idle-connection sweeps; accepted, no effect (each "
+        "connection times out on its own timer).",
+    ),
+    Option(
+        "channel_timeout", int, 120, "server",
+        "Seconds of inactivity after which an idle connection is closed.",
+    ),
+    Option("log_socket_errors", asbool, True, "server", "Log unexpected socket errors."),
+    Option(
+        "max_request_header_size", int, 262144, "server",
+        "Largest request head in bytes (431 beyond).",
+    ),
+    Option(
+        "max_request_body_size", int, 1073741824, "server",
+        "Largest request body in bytes (413 beyond).",
+    ),
+    Option("expose_tracebacks", asbool, False, "application", "Show the traceback in 500 pages."),
+    Option(
+        "ident", str_iftruthy, "tapster", "server",
+        "Server header and SERVER_SOFTWARE; empty sends no Server header.",
+    ),
+    Option(
+        "asyncore_loop_timeout", int, 1, "compat",
+        "Waitress's `select()` timeout; accepted, no effect.",
+    ),
+    Option(
+        "asyncore_use_poll", asbool, False, "compat",
+        "Waitress's `poll()` switch; accepted, no effect.",
+    ),
+    Option(
+        "unix_socket", str, None, "listen",
+        "Path of a Unix socket to listen on (a stale socket file is replaced).",
+    ),
+    Option(
+        "unix_socket_perms", asoctal, 0o600, "listen",
+        "Octal permissions of the Unix socket (a string, as in Waitress).",
+    ),
+    Option(
+        "sockets", as_socket_list, [], "listen",
+        "Pre-bound sockets to serve (socket activation).",
+        command_line=False,
+    ),
+    Option(
+        "channel_request_lookahead", int, 0, "compat",
+        "Waitress's requests read ahead while one runs; accepted, no effect (Tapster "
+        "always watches the socket while a request runs, so `client_disconnected()` works "
+        "without it).",
+    ),
+    Option("server_name", str, "tapster.invalid", "application", "SERVER_NAME of every request."),
+    # Tapster's own options.
+    Option("io_threads", int, 1, "server", "Tapster: threads doing socket I/O and HTTP parsing."),
+    Option(
+        "header_timeout", float, 30.0, "server",
+        "Tapster: seconds a client has to send a complete request head (408 beyond).",
+    ),
+    Option(
+        "min_body_rate", int, 1024, "server",
+        "Tapster: bytes per second a request body must average once `header_timeout` has "
+        "passed (408 when slower; 0: no minimum).",
+    ),
+    Option(
+        "max_request_line_size", int, 65536, "server",
+        "Tapster: longest request line in bytes (414 beyond).",
+    ),
+    Option(
+        "max_request_headers", int, 100, "server",
+        "Tapster: most header fields in a request (431 beyond).",
+    ),
+    Option(
+        "shutdown_timeout", float, 5.0, "server",
+        "Tapster: seconds a graceful shutdown waits for requests in progress.",
+    ),
+    Option(
+        "inbuf_memory_budget", int, 67108864, "server",
+        "Tapster: request-body bytes all connections together may hold in memory; past "
+        "it, bodies are received into temporary files.",
+    ),
+    Option(
+        "outbuf_memory_budget", int, 67108864, "server",
+        "Tapster: queued response bytes all connections together may hold in memory; past "
+        "it, queued output goes to temporary files.",
+    ),
+    Option(
+        "outbuf_spill_budget", int, 1073741824, "server",
+        "Tapster: queued response bytes all connections together may hold in temporary "
+        "files; past it, an application whose client lags is paused until that client "
+        "catches up.",
+    ),
+)  # fmt: skip
+
+#: The records by name.
+BY_NAME: dict[str, Option] = {option.name: option for option in OPTIONS}
+
+#: The options of the command line (`--name=VALUE`, or `--name`/`--no-name`), in order.
+COMMAND_LINE: tuple[Option, ...] = tuple(option for option in OPTIONS if option.command_line)
