@@ -189,6 +189,7 @@ async fn accept_loop(
     if shutdown.is_closing() {
         return;
     }
+    let mut errors = AcceptErrors::default();
     loop {
         let Some(permit) = place_under_limit(&limit, &shared, &mut shutdown).await else {
             return;
@@ -210,7 +211,7 @@ async fn accept_loop(
                     drop(permit);
                 });
             }
-            Err(err) => accept_failed(&err, &shared).await,
+            Err(err) => errors.failed(&err, &shared).await,
         }
     }
 }
@@ -241,23 +242,47 @@ async fn place_under_limit(
     Some(permit)
 }
 
-/// Logs a failed `accept`, and backs off when the process is out of descriptors or
-/// memory instead of spinning.
-async fn accept_failed(err: &io::Error, shared: &Shared) {
-    if err.kind() == io::ErrorKind::ConnectionAborted {
-        return;
-    }
-    if shared.config.log_socket_errors {
-        shared.log.log(
-            LogLevel::Warning,
-            format!("server accept() threw an exception: {err}"),
-        );
-    }
-    if matches!(
-        err.raw_os_error(),
-        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
-    ) {
-        tokio::time::sleep(Duration::from_millis(100)).await;
+/// How often a run of failing `accept`s is logged at most.
+const ACCEPT_ERROR_REPORT: Duration = Duration::from_secs(5);
+
+/// The failed `accept`s of one listener: the first is logged at once, later ones at
+/// most every `ACCEPT_ERROR_REPORT` with how many there were, so a process out of
+/// descriptors does not flood its log.
+#[derive(Default)]
+struct AcceptErrors {
+    last_report: Option<Instant>,
+    unreported: u64,
+}
+
+impl AcceptErrors {
+    /// Logs `err` if a report is due, and backs off when the process is out of
+    /// descriptors or memory instead of spinning.
+    async fn failed(&mut self, err: &io::Error, shared: &Shared) {
+        if err.kind() == io::ErrorKind::ConnectionAborted {
+            return;
+        }
+        self.unreported += 1;
+        let due = self
+            .last_report
+            .is_none_or(|at| at.elapsed() >= ACCEPT_ERROR_REPORT);
+        if due && shared.config.log_socket_errors {
+            let repeats = match self.unreported {
+                1 => String::new(),
+                n => format!(" ({n} failures since the last report)"),
+            };
+            shared.log.log(
+                LogLevel::Warning,
+                format!("server accept() threw an exception: {err}{repeats}"),
+            );
+            self.last_report = Some(Instant::now());
+            self.unreported = 0;
+        }
+        if matches!(
+            err.raw_os_error(),
+            Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+        ) {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 }
 

@@ -176,6 +176,11 @@ impl PyServer {
     /// dropped, threads stuck in the application are left behind and counted).
     fn shut_down(&self, py: Python<'_>, running: server::Running, pool: Pool, loggers: &Loggers) {
         running.begin_shutdown();
+        loggers.log(
+            py,
+            LogLevel::Info,
+            "Shutting down: no longer accepting connections",
+        );
         let deadline = Instant::now() + self.config.shutdown_timeout;
         let open = self.wait_for_connections(py, &running, deadline, loggers);
         if open > 0 {
@@ -202,6 +207,7 @@ impl PyServer {
             );
         }
         self.control.flush_logs(py, loggers);
+        loggers.log(py, LogLevel::Info, "Server stopped");
     }
 
     /// Waits until every connection has closed or `deadline` passes (or a second
