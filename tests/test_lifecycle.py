@@ -13,7 +13,8 @@ import subprocess
 import sys
 import time
 
-from support import TESTS_DIR, ServerProcess, http_get, tests_env
+from support import TESTS_DIR, ServerProcess, http_get
+from support import tests_env as child_env
 
 
 def stop_time(srv: ServerProcess) -> float:
@@ -67,7 +68,7 @@ def test_running_out_of_descriptors_backs_off_and_logs_with_a_count() -> None:
     proc = subprocess.Popen(
         [sys.executable, "-m", "tapster", "--listen=127.0.0.1:0", "apps.behaviors:app"],
         cwd=TESTS_DIR,
-        env=tests_env(),
+        env=child_env(),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -76,10 +77,15 @@ def test_running_out_of_descriptors_backs_off_and_logs_with_a_count() -> None:
     assert proc.stdout is not None
     port = None
     deadline = time.monotonic() + 15
+    seen = []
     while port is None and time.monotonic() < deadline:
-        m = re.search(r"Serving on http://127\.0\.0\.1:(\d+)", proc.stdout.readline())
+        line = proc.stdout.readline()
+        if not line:
+            break  # the server exited
+        seen.append(line)
+        m = re.search(r"Serving on http://127\.0\.0\.1:(\d+)", line)
         port = int(m.group(1)) if m else None
-    assert port, "server did not start"
+    assert port, "server did not start:\n" + "".join(seen)
     clients = []
     try:
         for _ in range(120):
