@@ -1,28 +1,58 @@
-# Tapster: `make serve` and `make test` set up everything they need on a fresh machine.
+# Tapster: `make serve` and `make test` set up everything they need on a fresh machine
+# that has the build prerequisites (`make check` names what is missing).
 
-PYTHON ?= python3
-VENV   ?= .venv
-PY     := $(VENV)/bin/python
-APP    ?= tapster.demo:app
-LISTEN ?= 127.0.0.1:8080
-ARGS   ?=
+PYTHON  ?= python3
+DEV_VENV ?= .venv
+PY      := $(DEV_VENV)/bin/python
+APP     ?= tapster.demo:app
+LISTEN  ?= 127.0.0.1:8080
+ARGS    ?=
+# `make install` installs into VENV, else into the active virtualenv.
+VENV    ?= $(VIRTUAL_ENV)
 
-.PHONY: serve test soak build rust-test py-test lint bench fuzz clean
+# What the wheel is built from: when none of these changed, `make wheel` does nothing.
+WHEEL_INPUTS := Cargo.toml Cargo.lock pyproject.toml README.md \
+	$(shell find src python -type f -not -name '*.pyc' -not -name '*.so' -not -path '*/__pycache__/*' 2>/dev/null)
+WHEEL_STAMP  := dist/.tapster-wheel
 
-$(VENV)/bin/python:
-	$(PYTHON) -m venv $(VENV)
+.PHONY: check serve test soak build wheel install install-venv rust-test py-test lint bench fuzz clean
+
+## check: the build prerequisites (Rust, a C linker, Python 3.10+ with venv); one line naming what is missing
+check:
+	@./scripts/check-build-prereqs $(PYTHON)
+
+$(DEV_VENV)/bin/python: | check
+	$(PYTHON) -m venv $(DEV_VENV)
 	$(PY) -m pip install -q -U pip
 
-$(VENV)/.test-deps: requirements-test.txt | $(VENV)/bin/python
+$(DEV_VENV)/.test-deps: requirements-test.txt | $(DEV_VENV)/bin/python
 	$(PY) -m pip install -q -r requirements-test.txt
 	touch $@
 
-$(VENV)/bin/maturin: | $(VENV)/bin/python
+$(DEV_VENV)/bin/maturin: | $(DEV_VENV)/bin/python
 	$(PY) -m pip install -q "maturin>=1.9.4,<2"
 
-## build: compile the release extension and install the package into .venv
-build: | $(VENV)/bin/maturin
-	VIRTUAL_ENV=$(abspath $(VENV)) $(VENV)/bin/maturin develop --release -q
+## wheel: the release wheel in dist/ (abi3: any CPython >= 3.10; manylinux tag for this machine's glibc)
+wheel: $(WHEEL_STAMP)
+
+$(WHEEL_STAMP): $(WHEEL_INPUTS) | check $(DEV_VENV)/bin/maturin
+	rm -f dist/tapster-*.whl
+	$(DEV_VENV)/bin/maturin build --release --auditwheel check --out dist
+	touch $@
+
+## build: the release extension, installed into .venv as an editable package (what
+## serve, test, soak and bench use; edits under python/ take effect without a rebuild)
+build: | check $(DEV_VENV)/bin/maturin
+	VIRTUAL_ENV=$(abspath $(DEV_VENV)) $(DEV_VENV)/bin/maturin develop --release -q
+
+## install: the release wheel, installed into the active virtualenv (or VENV=/path/to/venv)
+install: install-venv wheel
+	"$(VENV)/bin/python" -m pip install -q --force-reinstall --no-deps dist/tapster-*.whl
+	@echo "tapster installed into $(VENV): run \`tapster yourmodule:app\` from your project"
+
+install-venv:
+	@[ -n "$(VENV)" ] || { echo "tapster: make install needs a virtualenv: activate one (. venv/bin/activate) or pass VENV=/path/to/venv" >&2; exit 1; }
+	@[ -x "$(VENV)/bin/python" ] || { echo "tapster: $(VENV) is not a virtualenv (no bin/python); create it with: python3 -m venv $(VENV)" >&2; exit 1; }
 
 ## serve: serve APP (default: the demo) on LISTEN (default 127.0.0.1:8080)
 serve: build
@@ -31,21 +61,21 @@ serve: build
 ## test: cargo tests (HTTP layer and the rest of the Rust code), then pytest end to end
 test: rust-test py-test
 
-rust-test:
+rust-test: | check
 	cargo test --all-targets
 
-py-test: $(VENV)/.test-deps
+py-test: $(DEV_VENV)/.test-deps
 	./scripts/ensure-packages curl
 	$(MAKE) build
 	$(PY) -m pytest -q tests
 
 ## soak: a few minutes of mixed traffic with memory and descriptors sampled (CI runs it)
-soak: $(VENV)/.test-deps
+soak: $(DEV_VENV)/.test-deps
 	$(MAKE) build
 	$(PY) -m pytest -q -s soak
 
 ## lint: formatting, clippy and mypy, as CI expects them
-lint: $(VENV)/.test-deps
+lint: $(DEV_VENV)/.test-deps
 	cargo fmt --all -- --check
 	cargo clippy --all-targets -- -D warnings
 	$(PY) -m mypy --ignore-missing-imports python/tapster bench/run.py
@@ -56,4 +86,4 @@ bench: build
 
 clean:
 	cargo clean
-	rm -rf $(VENV)
+	rm -rf $(DEV_VENV) dist
