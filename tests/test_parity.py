@@ -41,6 +41,7 @@ from parity.normalisations import (
     EMPTY_CHUNK_LINE_400,
     EMPTY_IDENT_NO_VIA,
     HUGE_CHUNK_413,
+    BODY_TOO_LARGE_AT_ONCE,
     EXPECT_NO_BODY,
     HALF_CLOSE,
     HEADER_CASE,
@@ -714,6 +715,19 @@ def test_chunk_extensions_are_skipped(pool: PairPool, extension: bytes) -> None:
     assert w.responses and w.responses[0].status == 400, (CHUNK_EXT_SKIPPED.name, w)
     assert t.responses and t.responses[0].status == 200, (CHUNK_EXT_SKIPPED.name, t)
     assert json.loads(t.responses[0].body)["body"] == "abc"
+
+
+def test_body_over_the_limit_is_refused_before_100_continue(pool: PairPool) -> None:
+    """README: Waitress sends `100 Continue` for a body larger than it will accept and
+    answers 413 only once that body has arrived; Tapster answers 413 at once, with no
+    100, so the client never sends it."""
+    pair = pool.get("limits")
+    raw = req("/echo", "POST", headers=[("Content-Length", "5000"), ("Expect", "100-continue")])
+    steps: list[Step] = [Send(raw), ReadInterim(1.0), ReadFinal(False, raw, wait=1.5)]
+    w, t = run_both(pair, steps)
+    assert (w.interim, w.responses) == ([[100]], []), (BODY_TOO_LARGE_AT_ONCE.name, w)
+    assert [r.status for r in t.responses] == [413], (BODY_TOO_LARGE_AT_ONCE.name, t)
+    assert t.interim == [[]] and t.closed, t
 
 
 def test_huge_chunk_size_is_refused_at_once(pool: PairPool) -> None:

@@ -564,6 +564,10 @@ HUGE_CHUNK_413 = Normalisation(
     "huge-chunk-size-413",
     "A chunk size larger than `max_request_body_size` allows is read, and the 413 comes only when that much data has arrived",
 )
+BODY_TOO_LARGE_AT_ONCE = Normalisation(
+    "body-too-large-413-at-once",
+    "A Content-Length over `max_request_body_size` with `Expect: 100-continue` gets `100 Continue`, and the 413 only once the body has arrived",
+)
 NON_ASCII_TARGET_400 = Normalisation(
     "non-ascii-target-400", "A non-ASCII request target starting with `//` is accepted"
 )
@@ -626,6 +630,7 @@ ALL_NORMALISATIONS = [
     EMPTY_CHUNK_LINE_400,
     CHUNK_EXT_SKIPPED,
     HUGE_CHUNK_413,
+    BODY_TOO_LARGE_AT_ONCE,
     NON_ASCII_TARGET_400,
     TARGET_FORMS_400,
     REQUEST_LINE_414,
@@ -641,6 +646,7 @@ ALL_NORMALISATIONS = [
 #: README rows this suite does not compare (no Normalisation), and why. A test checks
 #: that every README row is either cited by a Normalisation or listed here.
 NOT_COMPARED = {
+    "A client that aborts a download is not logged": "one side's log only: tests/test_hardening.py (reset while streaming) and tests/test_file_wrapper.py check Tapster's INFO line",
     "A request head has no deadline (only `channel_timeout` idle)": "header_timeout is 30 s, too slow for this suite",
     "Output above `outbuf_high_watermark` blocks the worker thread": "the worker pool's internals, not the wire",
     "SIGTERM kills the process at once; Ctrl-C stops after the running tasks (5 s)": "process lifecycle: tests/test_cli.py",
