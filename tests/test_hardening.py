@@ -162,7 +162,7 @@ def test_blocked_workers_do_not_stop_the_others_and_the_queue_warning_fires(make
         # Both stuck: a request waits, and the queue-depth warning fires.
         waiting = srv.connect(timeout=10)
         waiting.send(get("/list"))
-        srv.wait_for_log(r"WARNING:tapster\.queue:Task queue depth is \d+", timeout=3)
+        srv.wait_for_log(r"\[WARNING\] tapster\.queue: Task queue depth is \d+", timeout=3)
         resp = waiting.read_response()
         assert resp.status == 200
         waiting.close()

@@ -9,6 +9,7 @@ options. Each value is checked once, by the engine (`_tapster.EngineConfig`)."""
 from __future__ import annotations
 
 import getopt
+import logging
 import socket
 import warnings
 from typing import TYPE_CHECKING, Any
@@ -27,6 +28,11 @@ from tapster.options import (  # noqa: F401
     slash_fixed_str,
     str_iftruthy,
 )
+
+logger = logging.getLogger("tapster")
+
+#: The largest TCP port.
+MAX_PORT = 65535
 
 KNOWN_PROXY_HEADERS = frozenset(
     (
@@ -99,9 +105,12 @@ class Adjustments:
 
         for key, value in kw.items():
             option = BY_NAME.get(key)
-            if option is None:
+            if option is None or not option.keyword:
                 raise ValueError(f"Unknown adjustment {key!r}")
             setattr(self, key, option.cast(value))
+
+        if "port" in kw and not 0 <= self.port <= MAX_PORT:
+            raise ValueError(f"port must be 0 to {MAX_PORT}, not {self.port}")
 
         if not isinstance(self.host, _Marker) or not isinstance(self.port, _Marker):
             self.listen = [f"{self.host}:{self.port}"]
@@ -134,13 +143,15 @@ class Adjustments:
                     "trusted_proxy_headers has no meaning without setting trusted_proxy"
                 )
         elif self.trusted_proxy is not None:
-            warnings.warn(
+            message = (
                 "No proxy headers were marked as trusted, but trusted_proxy was set. "
                 "Implicitly trusting X-Forwarded-Proto for backwards compatibility. "
-                "This will be removed in future versions of tapster.",
-                DeprecationWarning,
-                stacklevel=4,
+                "This will be removed in future versions of tapster."
             )
+            # A WARNING an operator sees, and Waitress's DeprecationWarning (which
+            # Python hides by default) for code that filters or tests for it.
+            logger.warning("%s Set trusted_proxy_headers to silence this.", message)
+            warnings.warn(message, DeprecationWarning, stacklevel=4)
             self.trusted_proxy_headers = {"x-forwarded-proto"}
 
     def _resolve_listen(self) -> list[tuple[int, int, int, Any]]:
@@ -158,6 +169,8 @@ class Adjustments:
         seen: set[tuple[str, int]] = set()
         for entry in self.listen:
             host, port = split_host_port(entry, self.port)
+            if port.strip().isdigit() and int(port) > MAX_PORT:
+                raise ValueError(f"listen entry {entry!r}: port must be 0 to {MAX_PORT}, not {port}")
             try:
                 infos = socket.getaddrinfo(
                     host, port, family, socket.SOCK_STREAM, socket.IPPROTO_TCP, socket.AI_PASSIVE
@@ -178,9 +191,10 @@ class Adjustments:
         """Parses waitress-serve style arguments into (options, positional args).
 
         Values stay strings; --listen may repeat (joined by spaces); booleans have
-        --name and --no-name forms; --help and --call are flags.
+        --name and --no-name forms; --help (-h) and --call are flags, and so is
+        --version (in the result only when given).
         """
-        long_opts = ["help", "call"]
+        long_opts = ["help", "call", "version"]
         booleans = set()
         for option in COMMAND_LINE:
             if option.boolean:
@@ -190,12 +204,12 @@ class Adjustments:
                 long_opts.append(option.flags[0][2:] + "=")
 
         kw: dict[str, Any] = {"help": False, "call": False}
-        opts, args = getopt.getopt(argv, "", long_opts)
+        opts, args = getopt.getopt(argv, "h", long_opts)
         for opt, value in opts:
-            param = opt.lstrip("-").replace("-", "_")
+            param = "help" if opt == "-h" else opt.lstrip("-").replace("-", "_")
             if param == "listen":
                 kw["listen"] = "{} {}".format(kw.get("listen", ""), value).strip()
-            elif param in ("help", "call"):
+            elif param in ("help", "call", "version"):
                 kw[param] = True
             elif param in booleans:
                 kw[param] = "true"

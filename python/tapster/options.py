@@ -28,8 +28,11 @@ def asbool(value: Any) -> bool:
     return str(value).strip().lower() in TRUTHY
 
 
-def asoctal(value: str) -> int:
-    """'660' -> 0o660. Like Waitress, only strings are accepted."""
+def asoctal(value: Any) -> int:
+    """'660' -> 0o660. A string, as in Waitress; (Tapster) an integer is taken as the
+    mode itself (a TOML configuration's `0o660`)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
     return int(value, 8)
 
 
@@ -76,11 +79,43 @@ def as_trusted_proxies(value: Any) -> str | None:
     return text or None
 
 
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+def aslevel(value: Any) -> str:
+    """A log level name: debug, info, warning or error (any case)."""
+    level = str(value).strip().lower()
+    if level not in LOG_LEVELS:
+        raise ValueError(f"log_level must be one of {', '.join(LOG_LEVELS)}, not {value!r}")
+    return level
+
+
+def aspathlist(value: Any) -> list[str]:
+    """Directories separated by commas (or a list of them)."""
+    items = value.split(",") if isinstance(value, str) else list(value)
+    return [str(item).strip() for item in items if str(item).strip()]
+
+
 # --- the records ---------------------------------------------------------------------
 
 #: What an option shapes: the sockets Python binds, the engine's I/O, what the
-#: application sees, or nothing (accepted for Waitress compatibility).
-LAYERS = ("listen", "server", "application", "compat")
+#: application sees, nothing (accepted for Waitress compatibility), or the `tapster`
+#: command's process (`cli`: command-line and configuration-file only, neither a
+#: `serve()` keyword argument nor an engine option).
+LAYERS = ("listen", "server", "application", "compat", "cli")
+
+#: How `tapster --help` groups the options, in this order: (section, title).
+SECTIONS = (
+    ("listening", "Listening"),
+    ("workers", "Workers and threads"),
+    ("limits", "Limits and timeouts"),
+    ("buffers", "Buffers and memory"),
+    ("proxies", "Proxies"),
+    ("application", "What the application sees"),
+    ("logging", "Logging"),
+    ("process", "Process (command line only)"),
+    ("compat", "Compatibility options with no effect (accepted as Waitress does)"),
+)
 
 #: The layers whose options are handed to the Rust engine.
 ENGINE_LAYERS = frozenset(("server", "application"))
@@ -99,10 +134,19 @@ class Option:
     help: str
     #: False for the one option the command line cannot carry (`sockets`).
     command_line: bool = True
+    #: Where `tapster --help` lists it (a key of SECTIONS).
+    section: str = "application"
 
     def __post_init__(self) -> None:
         if self.layer not in LAYERS:
             raise ValueError(f"option {self.name}: unknown layer {self.layer!r}")
+        if self.section not in dict(SECTIONS):
+            raise ValueError(f"option {self.name}: unknown section {self.section!r}")
+
+    @property
+    def keyword(self) -> bool:
+        """Whether `serve()`/`create_server()` (and PasteDeploy) take it."""
+        return self.layer != "cli"
 
     @property
     def engine(self) -> bool:
@@ -128,7 +172,7 @@ class Option:
         if self.boolean:
             return "on" if value else "off"
         if self.cast is asoctal:
-            return f"`{value:o}`"
+            return "none" if value is None else f"`{value:o}`"
         if isinstance(value, (list, set)):
             value = " ".join(sorted(value) if isinstance(value, set) else value) or None
         if value is None:
@@ -148,36 +192,43 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "host", str, "0.0.0.0", "listen",
         "Hostname or IP address to listen on (with `port`; conflicts with `listen`).",
+        section="listening",
     ),
     Option(
         "port", int, 8080, "listen",
         "TCP port to listen on (with `host`; conflicts with `listen`, whose entries "
         "without a port use the default port).",
+        section="listening",
     ),
-    Option("ipv4", asbool, True, "listen", "Bind the IPv4 addresses `listen` entries resolve to."),
+    Option("ipv4", asbool, True, "listen", "Bind the IPv4 addresses `listen` entries resolve to.", section="listening"),
     Option(
         "ipv6", asbool, True, "listen",
         "Bind the IPv6 addresses `listen` entries resolve to (IPv6 sockets are V6ONLY).",
+        section="listening",
     ),
     Option(
         "listen", aslist, ["0.0.0.0:8080"], "listen",
         "`host:port` entries to listen on, separated by whitespace; `--listen` is "
         "repeatable. `*:8080` is every interface, `[::1]:8080` an IPv6 address.",
+        section="listening",
     ),
     Option(
         "threads", int, 4, "server",
         "Python threads that may run the application at once (one drains the queue; "
         "others join when it blocks).",
+        section="workers",
     ),
     Option(
         "trusted_proxy", as_trusted_proxies, None, "application",
         "Peer allowed to send forwarding headers: an address, `*` (every peer), or "
         "(Tapster) addresses and CIDR ranges separated by spaces or commas; `localhost` "
         "for Unix sockets.",
+        section="proxies",
     ),
     Option(
         "trusted_proxy_count", int, 1, "application",
         "How many proxies in front of this server to believe (only with `trusted_proxy`).",
+        section="proxies",
     ),
     Option(
         "trusted_proxy_headers", asset, set(), "application",
@@ -185,132 +236,203 @@ OPTIONS: tuple[Option, ...] = (
         "`x-forwarded-proto`, `x-forwarded-port`, `x-forwarded-by`, or `forwarded` (only "
         "with `trusted_proxy`; when `trusted_proxy` is set without it, `x-forwarded-proto` "
         "with a DeprecationWarning).",
+        section="proxies",
     ),
     Option(
         "log_untrusted_proxy_headers", asbool, False, "application",
         "Log a WARNING naming the forwarding headers removed from untrusted peers' requests.",
+        section="proxies",
     ),
     Option(
         "clear_untrusted_proxy_headers", asbool, True, "application",
         "Remove forwarding headers that are not trusted from the environ.",
+        section="proxies",
     ),
-    Option("url_scheme", str, "http", "application", "Default `wsgi.url_scheme`."),
+    Option("url_scheme", str, "http", "application", "Default `wsgi.url_scheme`.", section="application"),
     Option(
         "url_prefix", slash_fixed_str, "", "application",
         "SCRIPT_NAME of every request; removed from the front of PATH_INFO.",
+        section="application",
     ),
-    Option("backlog", int, 1024, "listen", "Listen backlog of each socket."),
-    Option("recv_bytes", int, 8192, "server", "Largest `recv()` when reading request heads."),
+    Option("backlog", int, 1024, "listen", "Listen backlog of each socket.", section="listening"),
+    Option("recv_bytes", int, 8192, "server", "Largest `recv()` when reading request heads.", section="buffers"),
     Option(
         "send_bytes", int, 1, "compat",
         "Deprecated (a DeprecationWarning, as in Waitress); no effect.",
+        section="compat",
     ),
     Option(
         "outbuf_overflow", int, 1048576, "server",
         "Response bytes waiting for a client beyond this go to a temporary file.",
+        section="buffers",
     ),
     Option(
         "outbuf_high_watermark", int, 16777216, "server",
         "Above this many pending response bytes the application is paused until the "
         "client catches up.",
+        section="buffers",
     ),
     Option(
         "inbuf_overflow", int, 524288, "server",
         "A request body this large goes to a temporary file.",
+        section="buffers",
     ),
     Option(
         "connection_limit", int, 1000, "server",
         "Open client connections at most; more wait in the backlog.",
+        section="limits",
     ),
     Option(
         "cleanup_interval", int, 30, "compat",
         "Waitress's seconds between idle-connection sweeps; accepted, no effect (each "
         "connection times out on its own timer).",
+        section="compat",
     ),
     Option(
         "channel_timeout", int, 120, "server",
         "Seconds of inactivity after which an idle connection is closed.",
+        section="limits",
     ),
-    Option("log_socket_errors", asbool, True, "server", "Log unexpected socket errors."),
+    Option("log_socket_errors", asbool, True, "server", "Log unexpected socket errors.", section="logging"),
     Option(
         "max_request_header_size", int, 262144, "server",
         "Largest request head in bytes (431 beyond).",
+        section="limits",
     ),
     Option(
         "max_request_body_size", int, 1073741824, "server",
         "Largest request body in bytes (413 beyond).",
+        section="limits",
     ),
-    Option("expose_tracebacks", asbool, False, "application", "Show the traceback in 500 pages."),
+    Option("expose_tracebacks", asbool, False, "application", "Show the traceback in 500 pages.", section="application"),
     Option(
         "ident", str_iftruthy, "tapster", "server",
         "Server header and SERVER_SOFTWARE; empty sends no Server header.",
+        section="application",
     ),
     Option(
         "asyncore_loop_timeout", int, 1, "compat",
         "Waitress's `select()` timeout; accepted, no effect.",
+        section="compat",
     ),
     Option(
         "asyncore_use_poll", asbool, False, "compat",
         "Waitress's `poll()` switch; accepted, no effect.",
+        section="compat",
     ),
     Option(
         "unix_socket", str, None, "listen",
         "Path of a Unix socket to listen on (a stale socket file is replaced).",
+        section="listening",
     ),
     Option(
         "unix_socket_perms", asoctal, 0o600, "listen",
         "Octal permissions of the Unix socket (a string, as in Waitress).",
+        section="listening",
     ),
     Option(
         "sockets", as_socket_list, [], "listen",
         "Pre-bound sockets to serve (socket activation).",
         command_line=False,
+        section="listening",
     ),
     Option(
         "channel_request_lookahead", int, 0, "compat",
         "Waitress's requests read ahead while one runs; accepted, no effect (Tapster "
         "always watches the socket while a request runs, so `client_disconnected()` works "
         "without it).",
+        section="compat",
     ),
-    Option("server_name", str, "tapster.invalid", "application", "SERVER_NAME of every request."),
+    Option("server_name", str, "tapster.invalid", "application", "SERVER_NAME of every request.", section="application"),
     # Tapster's own options.
-    Option("io_threads", int, 1, "server", "Tapster: threads doing socket I/O and HTTP parsing."),
+    Option("io_threads", int, 1, "server", "Tapster: threads doing socket I/O and HTTP parsing.", section="workers"),
     Option(
         "header_timeout", float, 30.0, "server",
         "Tapster: seconds a client has to send a complete request head (408 beyond).",
+        section="limits",
     ),
     Option(
         "min_body_rate", int, 1024, "server",
         "Tapster: bytes per second a request body must average once `header_timeout` has "
         "passed (408 when slower; 0: no minimum).",
+        section="limits",
     ),
     Option(
         "max_request_line_size", int, 65536, "server",
         "Tapster: longest request line in bytes (414 beyond).",
+        section="limits",
     ),
     Option(
         "max_request_headers", int, 100, "server",
         "Tapster: most header fields in a request (431 beyond).",
+        section="limits",
     ),
     Option(
         "shutdown_timeout", float, 5.0, "server",
         "Tapster: seconds a graceful shutdown waits for requests in progress.",
+        section="limits",
     ),
     Option(
         "inbuf_memory_budget", int, 67108864, "server",
         "Tapster: request-body bytes all connections together may hold in memory; past "
         "it, bodies are received into temporary files.",
+        section="buffers",
     ),
     Option(
         "outbuf_memory_budget", int, 67108864, "server",
         "Tapster: queued response bytes all connections together may hold in memory; past "
         "it, queued output goes to temporary files.",
+        section="buffers",
     ),
     Option(
         "outbuf_spill_budget", int, 1073741824, "server",
         "Tapster: queued response bytes all connections together may hold in temporary "
         "files; past it, an application whose client lags is paused until that client "
         "catches up.",
+        section="buffers",
+    ),
+    # The `tapster` command's own (layer "cli": not serve() keyword arguments).
+    Option(
+        "log_level", aslevel, "info", "cli",
+        "Command line only: the least severe messages logged, `debug`, `info`, `warning` "
+        "or `error` (to stderr, with time, process id, level and logger).",
+        section="logging",
+    ),
+    Option(
+        "config", str, None, "cli",
+        "Command line only: a TOML file of options (the names of `serve()`'s keyword "
+        "arguments and the command line's own, with TOML values or strings); the command "
+        "line overrides it.",
+        section="process",
+    ),
+    Option(
+        "chdir", str, None, "cli",
+        "Command line only: change to this directory before importing the application.",
+        section="process",
+    ),
+    Option(
+        "pythonpath", aspathlist, [], "cli",
+        "Command line only: directories, separated by commas, put in front of `sys.path` "
+        "before importing the application.",
+        section="process",
+    ),
+    Option(
+        "user", str, None, "cli",
+        "Command line only: once the sockets are bound, switch to this user (a name or "
+        "uid; root only).",
+        section="process",
+    ),
+    Option(
+        "group", str, None, "cli",
+        "Command line only: once the sockets are bound, switch to this group (a name or "
+        "gid; default with `user`: that user's group).",
+        section="process",
+    ),
+    Option(
+        "umask", asoctal, None, "cli",
+        "Command line only: octal file-mode mask set once the sockets are bound, for the "
+        "files the application creates.",
+        section="process",
     ),
 )  # fmt: skip
 
@@ -319,3 +441,6 @@ BY_NAME: dict[str, Option] = {option.name: option for option in OPTIONS}
 
 #: The options of the command line (`--name=VALUE`, or `--name`/`--no-name`), in order.
 COMMAND_LINE: tuple[Option, ...] = tuple(option for option in OPTIONS if option.command_line)
+
+#: The options `serve()`, `create_server()` and PasteDeploy take.
+KEYWORDS: tuple[Option, ...] = tuple(option for option in OPTIONS if option.keyword)

@@ -193,9 +193,10 @@ class MultiSocketServer(BaseWSGIServer):
 WSGIServer = TcpWSGIServer
 
 
-def _raise_fd_limit(wanted: int) -> None:
+def _raise_fd_limit(wanted: int, connection_limit: int) -> None:
     """Raises the soft limit on open files toward `wanted` (within the hard limit), so
-    `connection_limit` connections plus files and listeners fit."""
+    `connection_limit` connections plus files and listeners fit; logs a WARNING with
+    both numbers when the limit stays below `wanted`."""
     try:
         import resource
     except ImportError:  # pragma: no cover - not on Unix
@@ -205,8 +206,19 @@ def _raise_fd_limit(wanted: int) -> None:
     if soft != resource.RLIM_INFINITY and soft < target:
         try:
             resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
         except (ValueError, OSError):  # pragma: no cover - not permitted
             logger.warning("could not raise the open-file limit from %d to %d", soft, target)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        logger.warning(
+            "connection_limit=%d needs up to %d open files, but the open-file limit is %d "
+            "(hard limit %s): connections beyond it will fail; raise it (ulimit -n) or "
+            "lower connection_limit",
+            connection_limit,
+            wanted,
+            soft,
+            "unlimited" if hard == resource.RLIM_INFINITY else hard,
+        )
 
 
 def create_server(
@@ -227,7 +239,7 @@ def create_server(
         )
     adj = Adjustments(**kw)
     config = engine_config(adj)
-    _raise_fd_limit(2 * adj.connection_limit + 256)
+    _raise_fd_limit(2 * adj.connection_limit + 256, adj.connection_limit)
     for option in OPTIONS:
         if option.layer == "compat" and option.name in kw:
             logger.debug("option %s has no effect in Tapster", option.name)

@@ -1,0 +1,3 @@
+"""A module with neither `application` nor `app`."""
+
+handler = None
