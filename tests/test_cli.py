@@ -174,6 +174,15 @@ def test_ambiguous_prefix_is_an_error() -> None:
     assert "Try 'tapster --help'" in result.stderr and "Usage" not in result.stderr
 
 
+@pytest.mark.parametrize("prefix", ["--p=8080", "--co=10"])
+def test_prefixes_that_tapsters_own_options_make_ambiguous(prefix: str) -> None:
+    # README difference: waitress-serve reads --p as --port and --co as
+    # --connection-limit; Tapster also has --pythonpath and --config.
+    result = run_cli(prefix, APP)
+    assert result.returncode == 1
+    assert result.stderr.splitlines()[0] == f"Error: option {prefix.split('=')[0]} not a unique prefix"
+
+
 def test_boolean_option_takes_no_value() -> None:
     result = run_cli("--expose-tracebacks=yes", APP)
     assert result.returncode == 1
