@@ -689,3 +689,10 @@ def test_trusted_proxy_without_headers_trusts_proto_with_a_warning() -> None:
     with pytest.warns(DeprecationWarning):
         adj = Adjustments(listen="127.0.0.1:0", trusted_proxy="127.0.0.1")
     assert adj.trusted_proxy_headers == {"x-forwarded-proto"}
+
+
+def test_an_integer_unix_socket_mode_is_refused() -> None:
+    # Waitress's cast takes only strings: 660 read as decimal would be a wrong mode.
+    with pytest.raises(ValueError, match="octal string"):
+        create_server(app, unix_socket="/tmp/tapster-never.sock", unix_socket_perms=660)
+    assert not os.path.exists("/tmp/tapster-never.sock")

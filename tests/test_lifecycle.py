@@ -63,8 +63,8 @@ def _few_descriptors() -> None:
 def test_running_out_of_descriptors_backs_off_and_logs_with_a_count() -> None:
     # A process limited to 64 descriptors, 120 clients connecting and holding on:
     # accept() fails with EMFILE about ten times a second. The first failure is logged,
-    # then at most one line every 5 s with how many failures it stands for; once the
-    # clients go, the server serves again.
+    # then at most one line every 5 s with how many failures it stands for, and one
+    # more when accept() works again; once the clients go, the server serves again.
     proc = subprocess.Popen(
         [sys.executable, "-m", "tapster", "--listen=127.0.0.1:0", "apps.behaviors:app"],
         cwd=TESTS_DIR,
@@ -90,7 +90,7 @@ def test_running_out_of_descriptors_backs_off_and_logs_with_a_count() -> None:
     try:
         for _ in range(120):
             clients.append(socket.create_connection(("127.0.0.1", port), timeout=5))
-        time.sleep(6.5)
+        time.sleep(7.5)
     finally:
         for c in clients:
             c.close()
@@ -105,3 +105,5 @@ def test_running_out_of_descriptors_backs_off_and_logs_with_a_count() -> None:
     assert "Too many open files" in failures[0], failures[0]
     counted = [line for line in failures[1:] if re.search(r"\((\d+) failures since the last report\)", line)]
     assert counted, f"no line reported how many failures it stands for:\n{out[-3000:]}"
+    # The end of the run is reported when accept() works again.
+    assert re.search(r"accept\(\) works again \(\d+ failures since the last report\)", out), out[-3000:]

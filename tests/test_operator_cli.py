@@ -291,6 +291,8 @@ def test_the_command_line_overrides_the_config_file(serve: Callable[..., Served]
         ("threads = true\n", "Error: {path}: option threads: threads takes a value, not a boolean"),
         ("[section]\nthreads = 1\n", "Error: {path}: unknown option 'section'"),
         ("threads = \n", "Error: {path}: not valid TOML: "),
+        ('host = ["127.0.0.1"]\n', "Error: {path}: option host takes one value, not an array"),
+        ("unix_socket_perms = 660\n", "Error: {path}: option unix_socket_perms: 660 is not an octal string"),
     ],
 )
 def test_config_file_errors_name_the_file_and_the_option(tmp_path: Path, text: str, error: str) -> None:
@@ -353,6 +355,29 @@ def test_user_group_and_umask_apply_after_binding(serve: Callable[..., Served]) 
     ids = _proc_ids(srv.proc.pid)
     assert ids["Uid"] == [65534] * 4 and ids["Gid"] == [65534] * 4 and 0 not in ids["Groups"]
     assert any("[INFO] tapster: Running as uid 65534, gid 65534" in line for line in srv.lines())
+    assert srv.stop() == 0
+
+
+@root_only
+def test_a_uid_without_a_passwd_entry_needs_a_group() -> None:
+    # Otherwise the process would keep root's group 0.
+    result = run_cli("--user=54321", "--listen=127.0.0.1:0", APP)
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [
+        "Error: --user=54321: no passwd entry for this uid, so give --group too"
+    ]
+
+
+@root_only
+def test_a_unix_socket_belongs_to_the_user_switched_to(serve: Callable[..., Served], tmp_path: Path) -> None:
+    tmp_path.chmod(0o755)
+    path = tmp_path / "app.sock"
+    srv = serve(f"--unix-socket={path}", "--user=nobody", "--group=nogroup", "apps.whoami")
+    deadline = time.monotonic() + 10
+    while not any("Running as uid" in line for line in srv.lines()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    st = path.stat()
+    assert (st.st_uid, st.st_gid) == (65534, 65534)
     assert srv.stop() == 0
 
 

@@ -544,3 +544,13 @@ def test_a_body_is_let_go_when_its_request_ends_even_if_the_app_keeps_the_enviro
             assert resp.status == 200 and resp.body.startswith(b"409600 "), resp.body
     grown = rss_kib(pid) - before
     assert grown < 12 * 1024, f"RSS grew by {grown} KiB over 100 kept environs"
+
+
+def test_the_body_can_still_be_read_in_the_app_iters_close(make_server: MakeServer) -> None:
+    # The body is let go when the request ends, but after close(): middleware that
+    # drains or logs the body there still finds it.
+    srv = make_server(app=APP)
+    with srv.connect() as conn:
+        conn.send(b"POST /close-reads-body HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\n\r\nhello")
+        assert conn.read_response().body == b"ok"
+    srv.wait_for_log(r"EVENT close read b'hello'")

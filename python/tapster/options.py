@@ -29,10 +29,10 @@ def asbool(value: Any) -> bool:
 
 
 def asoctal(value: Any) -> int:
-    """'660' -> 0o660. A string, as in Waitress; (Tapster) an integer is taken as the
-    mode itself (a TOML configuration's `0o660`)."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        return value
+    """'660' -> 0o660. Only strings, as in Waitress: an integer such as 660 would be
+    read as decimal and give a wrong mode without a word."""
+    if not isinstance(value, str):
+        raise ValueError(f"{value!r} is not an octal string: quote it, as in '660'")
     return int(value, 8)
 
 
@@ -418,8 +418,9 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option(
         "user", str, None, "cli",
-        "Command line only: once the sockets are bound, switch to this user (a name or "
-        "uid; root only).",
+        "Command line only: once the sockets are bound, switch to this user (a name, or "
+        "a uid with a passwd entry or with `group`; root only). The application is "
+        "imported before the switch, as with Gunicorn's `--preload`.",
         section="process",
     ),
     Option(
@@ -430,8 +431,8 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option(
         "umask", asoctal, None, "cli",
-        "Command line only: octal file-mode mask set once the sockets are bound, for the "
-        "files the application creates.",
+        "Command line only: octal file-mode mask, set before the application is imported, "
+        "for the files it creates (a Unix socket's mode is `unix_socket_perms`).",
         section="process",
     ),
 )  # fmt: skip

@@ -19,11 +19,25 @@ from typing import IO, Any, Callable, NoReturn
 
 from tapster import __version__, _tapster, serve
 from tapster.adjustments import Adjustments
-from tapster.options import BY_NAME, COMMAND_LINE, SECTIONS, Option, plain
+from tapster.options import (
+    BY_NAME,
+    COMMAND_LINE,
+    SECTIONS,
+    Option,
+    as_trusted_proxies,
+    aslist,
+    aslist_cronly,
+    aspathlist,
+    asset,
+    plain,
+)
 from tapster.server import create_server
 
 #: The command's log format on stderr (Gunicorn's shape).
 LOG_FORMAT = "%(asctime)s [%(process)d] [%(levelname)s] %(name)s: %(message)s"
+
+#: The casts that take a list (a TOML array in a configuration file).
+LIST_CASTS = frozenset((aslist, asset, aslist_cronly, aspathlist, as_trusted_proxies))
 
 #: The options that say where to listen: given on the command line, they replace all
 #: of those a configuration file gives.
@@ -117,8 +131,15 @@ def _check_value(option: Option, value: Any, where: str) -> None:
 def load_config(path: str) -> dict[str, Any]:
     """The options of a TOML file: the records' names (serve()'s keyword arguments and
     the command line's own), values of their natural TOML types or strings."""
-    import tomllib
-
+    try:
+        import tomllib
+    except ImportError:  # Python 3.10
+        try:
+            import tomli as tomllib  # type: ignore[no-redef]
+        except ImportError:
+            raise StartupError(
+                f"--config={path}: reading TOML needs Python 3.11 or later, or the tomli package"
+            ) from None
     try:
         with open(path, "rb") as f:
             data = tomllib.load(f)
@@ -130,7 +151,9 @@ def load_config(path: str) -> dict[str, Any]:
         option = BY_NAME.get(name)
         if option is None or not option.command_line or name == "config":
             raise StartupError(f"{path}: unknown option {name!r}")
-        if isinstance(value, list) and all(isinstance(item, (str, int)) for item in value):
+        if isinstance(value, list):
+            if option.cast not in LIST_CASTS or not all(isinstance(i, (str, int)) for i in value):
+                raise StartupError(f"{path}: option {name} takes one value, not an array")
             value = [str(item) for item in value]
             data[name] = value
         elif not isinstance(value, (str, int, float, bool)):
@@ -202,6 +225,12 @@ class Privileges:
             except KeyError:
                 if not user.isdigit():
                     raise StartupError(f"--user={user}: no such user") from None
+                if group is None:
+                    # Without a passwd entry there is no group to take: keeping root's
+                    # would leave the process in group 0.
+                    raise StartupError(
+                        f"--user={user}: no passwd entry for this uid, so give --group too"
+                    ) from None
                 self.uid = int(user)
             else:
                 self.uid, self.gid, self.username = entry.pw_uid, entry.pw_gid, entry.pw_name
@@ -225,10 +254,16 @@ class Privileges:
                     f"(running as uid {os.geteuid()})"
                 )
 
-    def apply(self) -> None:
-        """The umask, then the group (and supplementary groups), then the user."""
+    def apply_umask(self) -> None:
+        """The umask, before the application is imported (it creates the files)."""
         if self.umask is not None:
             os.umask(self.umask)
+
+    def apply(self, unix_socket: str | None) -> None:
+        """Once the sockets are bound: the Unix socket handed to the new owner, then the
+        group (and supplementary groups), then the user."""
+        if unix_socket is not None and (self.uid is not None or self.gid is not None):
+            os.chown(unix_socket, -1 if self.uid is None else self.uid, -1 if self.gid is None else self.gid)
         if os.geteuid() == 0 and self.gid is not None:
             if self.username is not None:
                 os.initgroups(self.username, self.gid)
@@ -313,6 +348,7 @@ def run(argv: list[str] | None = None, _serve: Callable[..., Any] = serve) -> in
             kw.pop(key, None)
         setup_logging(cli["log_level"])
         privileges = Privileges(cli["user"], cli["group"], cli["umask"])
+        privileges.apply_umask()
         place(cli["chdir"], cli["pythonpath"])
         app = load_app(args[0], call)
 
@@ -323,7 +359,7 @@ def run(argv: list[str] | None = None, _serve: Callable[..., Any] = serve) -> in
             except (ValueError, OSError) as exc:
                 raise StartupError(str(exc)) from None
             try:
-                privileges.apply()
+                privileges.apply(server.adj.unix_socket)
             except OSError as exc:
                 server.close()
                 raise StartupError(f"could not switch user or group: {exc}") from None

@@ -205,6 +205,7 @@ async fn accept_loop(
         }
         match accepted {
             Ok((socket, peer)) => {
+                errors.recovered(&shared);
                 let guard = ConnGuard::new(&count);
                 start_connection(socket, peer, &info, &shared, move || {
                     drop(guard);
@@ -283,6 +284,25 @@ impl AcceptErrors {
         ) {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    /// An `accept` worked: failures since the last report are reported now, so the end
+    /// of a run is in the log too.
+    fn recovered(&mut self, shared: &Shared) {
+        if self.unreported == 0 {
+            return;
+        }
+        if shared.config.log_socket_errors {
+            shared.log.log(
+                LogLevel::Info,
+                format!(
+                    "server accept() works again ({} failures since the last report)",
+                    self.unreported
+                ),
+            );
+        }
+        self.unreported = 0;
+        self.last_report = None;
     }
 }
 

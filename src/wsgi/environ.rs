@@ -469,8 +469,6 @@ fn peer_text(peer: &Peer) -> String {
     }
 }
 
-/// Two field names give the same environ key: equal ignoring case, with `-` and `_`
-/// alike (names with `_` never get here).
 /// A field name as a CGI variable name: upper case, `-` as `_` (into `out`, which has
 /// the name's length).
 fn cgi_name(name: &[u8], out: &mut [u8]) {
@@ -501,6 +499,8 @@ fn joined_value<'a>(head: &'a RequestHead, index: usize) -> Cow<'a, [u8]> {
     joined.map_or(Cow::Borrowed(value), Cow::Owned)
 }
 
+/// Two field names give the same environ key: equal ignoring case (names with `_`,
+/// which could collide with `-`, never get here).
 fn same_key(a: &[u8], b: &[u8]) -> bool {
     a.eq_ignore_ascii_case(b)
 }

@@ -433,11 +433,17 @@ impl AppContext {
     /// Calls the app_iter's `close()` (the file's, for a file wrapper), logging errors.
     fn close(&self, py: Python<'_>, exchange: &mut Exchange) {
         exchange.source = Source::Done;
+        self.close_app_iter(py, exchange);
+        // After the app_iter's close(), which may still read the body (middleware that
+        // drains or logs it).
         if let Some(input) = exchange.input.take() {
             if let Ok(mut input) = input.bind(py).try_borrow_mut() {
                 input.release();
             }
         }
+    }
+
+    fn close_app_iter(&self, py: Python<'_>, exchange: &mut Exchange) {
         let Some(app_iter) = exchange.app_iter.take() else {
             return;
         };

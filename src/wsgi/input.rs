@@ -19,9 +19,10 @@ pub struct Input {
 }
 
 impl Input {
-    /// Lets the body go (the request is over); reads from now on find nothing.
+    /// Lets the body go (the request is over): the stream is closed, as `close()`
+    /// leaves it, so a late read fails instead of finding a truncated body.
     pub fn release(&mut self) {
-        self.body = Body::Empty;
+        self.close();
     }
 
     pub fn new(body: Body) -> Input {

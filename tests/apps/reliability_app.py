@@ -204,8 +204,28 @@ def keep_environ(environ: dict[str, Any], start_response: StartResponse, p: dict
     return _text(start_response, f"{size} {len(_kept_environs)}")
 
 
+class _ReadsBodyInClose:
+    """An app_iter whose close() reads the request body, as middleware that logs or
+    drains it does."""
+
+    def __init__(self, environ: dict[str, Any]) -> None:
+        self.environ = environ
+
+    def __iter__(self) -> Iterator[bytes]:
+        yield b"ok"
+
+    def close(self) -> None:
+        event(f"close read {self.environ['wsgi.input'].read()!r}")
+
+
+def close_reads_body(environ: dict[str, Any], start_response: StartResponse, p: dict[str, str]) -> Iterable[bytes]:
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return _ReadsBodyInClose(environ)
+
+
 ROUTES: dict[str, Handler] = {
     "keep-environ": keep_environ,
+    "close-reads-body": close_reads_body,
     "bigfile": bigfile,
     "enter": enter,
     "hold": hold,
