@@ -85,30 +85,26 @@ impl Config {
 impl Config {
     /// Checks every range; the error names the option and what it must be.
     pub fn validate(&self) -> Result<(), String> {
-        let positive: [(&str, usize); 10] = [
-            ("threads", self.threads),
-            ("io_threads", self.io_threads),
-            ("connection_limit", self.connection_limit),
-            ("recv_bytes", self.recv_bytes),
-            ("inbuf_overflow", self.inbuf_overflow),
-            ("outbuf_overflow", self.outbuf_overflow),
-            ("outbuf_high_watermark", self.outbuf_high_watermark),
-            ("max_request_header_size", self.max_request_header_size),
-            ("max_request_line_size", self.max_request_line_size),
-            ("max_request_headers", self.max_request_headers),
-        ];
-        for (name, value) in positive {
-            if value == 0 {
-                return Err(format!("{name} must be a positive integer"));
-            }
-        }
-        let positive_u64: [(&str, u64); 4] = [
+        let positive: [(&str, u64); 14] = [
+            ("threads", self.threads as u64),
+            ("io_threads", self.io_threads as u64),
+            ("connection_limit", self.connection_limit as u64),
+            ("recv_bytes", self.recv_bytes as u64),
+            ("inbuf_overflow", self.inbuf_overflow as u64),
+            ("outbuf_overflow", self.outbuf_overflow as u64),
+            ("outbuf_high_watermark", self.outbuf_high_watermark as u64),
+            (
+                "max_request_header_size",
+                self.max_request_header_size as u64,
+            ),
+            ("max_request_line_size", self.max_request_line_size as u64),
+            ("max_request_headers", self.max_request_headers as u64),
             ("max_request_body_size", self.max_request_body_size),
             ("inbuf_memory_budget", self.inbuf_memory_budget),
             ("outbuf_memory_budget", self.outbuf_memory_budget),
             ("outbuf_spill_budget", self.outbuf_spill_budget),
         ];
-        for (name, value) in positive_u64 {
+        for (name, value) in positive {
             if value == 0 {
                 return Err(format!("{name} must be a positive integer"));
             }

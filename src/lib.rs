@@ -8,6 +8,8 @@ pub mod config;
 pub mod http;
 pub mod proxy;
 pub mod server;
+#[cfg(test)]
+pub mod test_support;
 pub mod threads;
 pub mod wsgi;
 

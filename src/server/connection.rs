@@ -28,6 +28,7 @@ use crate::http::{BodyDecoder, ErrorKind, HttpError};
 pub struct Shared {
     pub config: Config,
     pub head_limits: HeadLimits,
+    pub output_limits: OutputLimits,
     pub dispatcher: Arc<dyn Dispatcher>,
     pub log: Arc<dyn EventLog>,
     /// Set once when the server starts shutting down.
@@ -181,7 +182,7 @@ impl Session {
             };
             let responder = Arc::new(Responder::new(
                 self.conn.clone(),
-                OutputLimits::of(&self.shared.config),
+                self.shared.output_limits,
                 self.shared.budgets.clone(),
             ));
             self.shared.dispatcher.dispatch(Request {
@@ -572,6 +573,7 @@ mod tests {
     use crate::server::budget::Budgets;
     use crate::server::conn_info::{ListenerInfo, ListenerKind, Peer};
     use crate::server::responder::{Delivery, Part};
+    use crate::test_support::{block_on as run, Quiet};
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Mutex;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -605,12 +607,6 @@ mod tests {
         }
     }
 
-    struct Quiet;
-
-    impl EventLog for Quiet {
-        fn log(&self, _level: LogLevel, _message: String) {}
-    }
-
     struct Harness {
         client: UnixStream,
         echo: Arc<Echo>,
@@ -628,6 +624,7 @@ mod tests {
         let config = Config::example();
         let shared = Arc::new(Shared {
             head_limits: config.head_limits(),
+            output_limits: OutputLimits::of(&config),
             config,
             dispatcher: echo.clone(),
             log: Arc::new(Quiet),
@@ -669,14 +666,6 @@ mod tests {
             out.extend_from_slice(&buf[..n]);
         }
         out
-    }
-
-    fn run<F: std::future::Future>(test: F) -> F::Output {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("a runtime")
-            .block_on(test)
     }
 
     #[test]

@@ -16,6 +16,7 @@ use super::budget::Budgets;
 use super::conn_info::{ConnInfo, ListenerInfo, ListenerKind, Peer};
 use super::connection::{self, Shared};
 use super::dispatch::{Dispatcher, EventLog, LogLevel};
+use super::responder::OutputLimits;
 use super::shutdown::{Shutdown, ShutdownSignal};
 use super::socket::{register, Conn};
 use crate::config::Config;
@@ -92,6 +93,7 @@ pub fn start(
     let limit = Arc::new(Semaphore::new(config.connection_limit));
     let shared = Arc::new(Shared {
         head_limits: config.head_limits(),
+        output_limits: OutputLimits::of(&config),
         budgets: Budgets::new(
             config.inbuf_memory_budget,
             config.outbuf_memory_budget,

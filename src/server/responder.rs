@@ -784,6 +784,7 @@ mod tests {
     //! parked producers and the budgets, without Python or a network.
 
     use super::*;
+    use crate::test_support::block_on;
     use std::sync::atomic::AtomicBool;
     use std::time::Duration;
 
@@ -880,14 +881,6 @@ mod tests {
         budgets: &Arc<Budgets>,
     ) -> Responder<FakeSink> {
         Responder::new(sink.clone(), limits, budgets.clone())
-    }
-
-    fn block_on<F: Future>(future: F) -> F::Output {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_time()
-            .build()
-            .expect("a runtime")
-            .block_on(future)
     }
 
     /// The connection task's side: writes batches until the response is done.

@@ -78,15 +78,8 @@ impl Shutdown {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_support::block_on;
     use std::time::Duration;
-
-    fn block_on<F: std::future::Future>(future: F) -> F::Output {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_time()
-            .build()
-            .expect("a runtime")
-            .block_on(future)
-    }
 
     #[test]
     fn a_trigger_between_subscribing_and_waiting_is_not_missed() {

@@ -544,13 +544,8 @@ mod tests {
     use crate::server::shutdown::ShutdownSignal;
     use crate::server::socket::Conn;
     use crate::server::{Body, ConnInfo, ListenerInfo, ListenerKind, Peer};
+    use crate::test_support::{runtime, Quiet};
     use bytes::BytesMut;
-
-    struct Quiet;
-
-    impl EventLog for Quiet {
-        fn log(&self, _level: LogLevel, _message: String) {}
-    }
 
     fn pool(threads: usize) -> PoolShared {
         PoolShared::new(threads, Arc::new(Quiet))
@@ -586,13 +581,6 @@ mod tests {
             conn: Arc::new(ConnInfo::new(Peer::Unix, listener, ShutdownSignal::new())),
             responder: Arc::new(Responder::new(conn, limits, Budgets::unlimited())),
         }
-    }
-
-    fn runtime() -> tokio::runtime::Runtime {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap()
     }
 
     #[test]
