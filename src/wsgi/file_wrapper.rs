@@ -116,11 +116,22 @@ pub struct ZeroCopyTypes {
 impl ZeroCopyTypes {
     pub fn new(py: Python<'_>) -> PyResult<ZeroCopyTypes> {
         let io = py.import("io")?;
-        let temp_wrapper = py
+        // Only a missing module or class means "no such wrapper": anything else (the
+        // SystemExit a SIGTERM handler raises while `tempfile` is imported) must reach
+        // `run()`, or that signal would be lost and the server would not stop.
+        let temp_wrapper = match py
             .import("tempfile")
             .and_then(|t| t.getattr("_TemporaryFileWrapper"))
-            .ok()
-            .map(Bound::unbind);
+        {
+            Ok(wrapper) => Some(wrapper.unbind()),
+            Err(err)
+                if err.is_instance_of::<pyo3::exceptions::PyImportError>(py)
+                    || err.is_instance_of::<pyo3::exceptions::PyAttributeError>(py) =>
+            {
+                None
+            }
+            Err(err) => return Err(err),
+        };
         Ok(ZeroCopyTypes {
             file_io: io.getattr("FileIO")?.unbind(),
             buffered_reader: io.getattr("BufferedReader")?.unbind(),
