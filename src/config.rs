@@ -7,6 +7,7 @@
 use std::time::Duration;
 
 use crate::http::request::HeadLimits;
+use crate::proxy::TrustedPeers;
 
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -49,6 +50,19 @@ pub struct Config {
     /// Value of the Server header and SERVER_SOFTWARE; `None` sends no Server header.
     pub ident: Option<String>,
     pub log_socket_errors: bool,
+    /// Whether every connection starts with a PROXY protocol header, and from whom.
+    pub proxy_protocol: ProxyProtocol,
+}
+
+/// `proxy_protocol`: whether every connection starts with a PROXY protocol header.
+#[derive(Clone, Debug, Default)]
+pub enum ProxyProtocol {
+    /// Connections start with their first request.
+    #[default]
+    Off,
+    /// Each connection starts with a v1 or v2 header, accepted only from these peers
+    /// (`trusted_proxy`); others are closed unanswered.
+    Required { trusted: TrustedPeers },
 }
 
 #[cfg(test)]
@@ -78,6 +92,7 @@ impl Config {
             shutdown_timeout: Duration::from_secs(5),
             ident: Some("tapster".to_owned()),
             log_socket_errors: true,
+            proxy_protocol: ProxyProtocol::Off,
         }
     }
 }

@@ -11,6 +11,7 @@ pub mod server;
 #[cfg(test)]
 pub mod test_support;
 pub mod threads;
+pub mod watch;
 pub mod wsgi;
 
 use pyo3::prelude::*;
@@ -22,6 +23,7 @@ fn _tapster(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<wsgi::options::EngineConfig>()?;
     m.add_class::<wsgi::file_wrapper::FileWrapper>()?;
     m.add_class::<wsgi::input::Input>()?;
+    m.add_class::<wsgi::watcher::FileWatcher>()?;
     m.add(
         "ClientDisconnected",
         py.get_type::<wsgi::start_response::ClientDisconnected>(),
@@ -32,9 +34,9 @@ fn _tapster(m: &Bound<'_, PyModule>) -> PyResult<()> {
     Ok(())
 }
 
-/// Process-wide counters, for tests and monitoring: how many responses went out with
-/// `sendfile(2)` and how many bytes, and how many worker threads a shutdown left
-/// inside the application.
+/// Process-wide counters, for tests and monitoring: how many requests went to the
+/// application, how many responses went out with `sendfile(2)` and how many bytes,
+/// and how many worker threads a shutdown left inside the application.
 #[pyfunction]
 fn stats(py: Python<'_>) -> PyResult<Bound<'_, pyo3::types::PyDict>> {
     use std::sync::atomic::Ordering;
@@ -47,6 +49,7 @@ fn stats(py: Python<'_>) -> PyResult<Bound<'_, pyo3::types::PyDict>> {
         "sendfile_bytes",
         server::responder::SENDFILE_BYTES.load(Ordering::Relaxed),
     )?;
+    d.set_item("requests", wsgi::pool::REQUESTS.load(Ordering::Relaxed))?;
     d.set_item(
         "abandoned_threads",
         wsgi::pool::ABANDONED_THREADS.load(Ordering::Relaxed),

@@ -93,7 +93,7 @@ class CapturedProcess:
     """A child process run from the tests directory, its stdout and stderr read line by
     line by a thread."""
 
-    def __init__(self, cmd: list[str], env: dict[str, str]) -> None:
+    def __init__(self, cmd: list[str], env: dict[str, str], pass_fds: tuple[int, ...] = ()) -> None:
         self.cmd = cmd
         self.proc = subprocess.Popen(
             cmd,
@@ -103,6 +103,7 @@ class CapturedProcess:
             stderr=subprocess.STDOUT,
             text=True,
             env=env,
+            pass_fds=pass_fds,  # kept open under the same numbers
         )
         self._lines: list[str] = []
         self._lock = threading.Lock()

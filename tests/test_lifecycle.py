@@ -104,7 +104,7 @@ def test_running_out_of_descriptors_backs_off_and_logs_with_a_count() -> None:
     failures = [line for line in out.splitlines() if "accept() threw an exception" in line]
     assert 1 <= len(failures) <= 3, "\n".join(failures)
     assert "Too many open files" in failures[0], failures[0]
-    counted = [line for line in failures[1:] if re.search(r"\((\d+) failures since the last report\)", line)]
+    counted = [line for line in failures[1:] if re.search(r"\((\d+) more since the last report\)", line)]
     assert counted, f"no line reported how many failures it stands for:\n{out[-3000:]}"
     # The end of the run is reported when accept() works again.
     assert re.search(r"accept\(\) works again \(\d+ failures since the last report\)", out), out[-3000:]

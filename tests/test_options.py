@@ -117,7 +117,7 @@ def test_help_lists_every_command_line_option_with_its_help_text() -> None:
     runner.show_help(out, "tapster")
     text = out.getvalue()
     for option in COMMAND_LINE:
-        head = ", ".join(option.flags) if option.boolean else option.flags[0] + "=VALUE"
+        head = ", ".join(option.flags if option.boolean else (f + "=VALUE" for f in option.flags))
         entry = f"  {head}\n      {plain(option.help)} Default: {plain(option.shown_default)}.\n"
         assert entry in text, option.name
     assert "--sockets" not in text

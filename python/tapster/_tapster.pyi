@@ -17,16 +17,21 @@ class EngineConfig:
 
 class Server:
     """The engine: built with the application, the validated options and the bound
-    listening sockets `(fileno, "tcp" | "unix", server_port)`."""
+    listening sockets `(fileno, "tcp" | "unix", server_port, sharing)`, where sharing
+    is `owned`, `inherited` or `workers`."""
 
     def __init__(
         self,
         app: Callable[..., Any],
         options: EngineConfig,
-        listeners: Sequence[tuple[int, str, str]],
+        listeners: Sequence[tuple[int, str, str, str]],
     ) -> None: ...
-    def run(self) -> None:
-        """Serves until `close()` or a signal handler raises; then shuts down."""
+    def run(
+        self, tick: Callable[[], None] | None = None, max_requests: int = 0, wakeup_fd: int = -1
+    ) -> None:
+        """Serves until `close()`, a signal handler or `tick` raises; then shuts down.
+        `tick` is called once serving starts, then about every 100 ms and at once when
+        `max_requests` (0: none) is reached; from then on responses close."""
     def close(self) -> None:
         """Asks `run()` to stop; safe from any thread, and before `run()`."""
 
@@ -59,5 +64,13 @@ class InputStream:
     def close(self) -> None: ...
 
 def stats() -> dict[str, int]:
-    """Process-wide counters: `sendfile_responses`, `sendfile_bytes`, and
-    `abandoned_threads` (worker threads a shutdown left inside the application)."""
+    """Process-wide counters: `requests` (handed to the application),
+    `sendfile_responses`, `sendfile_bytes`, and `abandoned_threads` (worker threads a
+    shutdown left inside the application)."""
+
+class FileWatcher:
+    """An inotify watch on files (their directories), for `reload`."""
+
+    def __init__(self, files: list[str]) -> None: ...
+    def changed(self) -> list[str]:
+        """The watched files changed since the last call (never blocks)."""

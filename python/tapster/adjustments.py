@@ -80,6 +80,11 @@ class Adjustments:
     # (family, type, proto, sockaddr), `trusted_proxy_headers` a set of lower-case names.
     listen: list[Any]
     trusted_proxy_headers: set[str]
+    #: The descriptors of `fd://N` entries of `listen` (inherited listening sockets).
+    listen_fds: list[int]
+    #: Whether the options say where to listen (else systemd's sockets replace the
+    #: default address).
+    listen_given: bool
 
     if TYPE_CHECKING:
         # The options' attributes are set from OPTIONS.
@@ -116,7 +121,26 @@ class Adjustments:
             self.listen = [f"{self.host}:{self.port}"]
 
         self._check_proxy_options(kw)
+        self._check_process_options()
+        self.listen_given = bool(LISTEN_KEYS & kw.keys())
+        self.listen_fds = [_fd_of(entry) for entry in self.listen if entry.startswith("fd://")]
+        self.listen = [entry for entry in self.listen if not entry.startswith("fd://")]
         self.listen = self._resolve_listen()
+
+    @property
+    def supervised(self) -> bool:
+        """Whether these options need worker processes under a supervisor."""
+        return self.workers > 1 or bool(self.max_requests or self.max_worker_memory or self.reload)
+
+    def _check_process_options(self) -> None:
+        for name in ("workers",):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, not {getattr(self, name)}")
+        for name in ("max_requests", "max_requests_jitter", "max_worker_memory"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be 0 or more, not {getattr(self, name)}")
+        if self.max_requests_jitter and not self.max_requests:
+            raise ValueError("max_requests_jitter has no meaning without max_requests")
 
     def _check_proxy_options(self, kw: dict[str, Any]) -> None:
         """Waitress's rules between the proxy options. The values themselves (the
@@ -196,17 +220,20 @@ class Adjustments:
         """
         long_opts = ["help", "call", "version"]
         booleans = set()
+        aliases: dict[str, str] = {}
         for option in COMMAND_LINE:
+            aliases.update((alias.replace("-", "_"), option.name) for alias in option.aliases)
             if option.boolean:
                 booleans.add(option.name)
                 long_opts += [flag[2:] for flag in option.flags]
             else:
-                long_opts.append(option.flags[0][2:] + "=")
+                long_opts += [flag[2:] + "=" for flag in option.flags]
 
         kw: dict[str, Any] = {"help": False, "call": False}
         opts, args = getopt.getopt(argv, "h", long_opts)
         for opt, value in opts:
             param = "help" if opt == "-h" else opt.lstrip("-").replace("-", "_")
+            param = aliases.get(param, param)
             if param == "listen":
                 kw["listen"] = "{} {}".format(kw.get("listen", ""), value).strip()
             elif param in ("help", "call", "version"):
@@ -218,6 +245,18 @@ class Adjustments:
             else:
                 kw[param] = value
         return kw, args
+
+
+#: The options that say where to listen.
+LISTEN_KEYS = frozenset(("listen", "host", "port", "unix_socket", "sockets"))
+
+
+def _fd_of(entry: str) -> int:
+    """'fd://3' -> 3."""
+    text = entry[len("fd://") :]
+    if not text.isdigit():
+        raise ValueError(f"listen entry {entry!r}: fd:// takes a descriptor number, as in fd://3")
+    return int(text)
 
 
 def split_host_port(entry: str, default_port: int) -> tuple[str | None, str]:

@@ -99,10 +99,11 @@ def aspathlist(value: Any) -> list[str]:
 # --- the records ---------------------------------------------------------------------
 
 #: What an option shapes: the sockets Python binds, the engine's I/O, what the
-#: application sees, nothing (accepted for Waitress compatibility), or the `tapster`
-#: command's process (`cli`: command-line and configuration-file only, neither a
-#: `serve()` keyword argument nor an engine option).
-LAYERS = ("listen", "server", "application", "compat", "cli")
+#: application sees, the worker processes and their supervisor (`process`), nothing
+#: (accepted for Waitress compatibility), or the `tapster` command's process (`cli`:
+#: command-line and configuration-file only, neither a `serve()` keyword argument nor
+#: an engine option).
+LAYERS = ("listen", "server", "application", "process", "compat", "cli")
 
 #: How `tapster --help` groups the options, in this order: (section, title).
 SECTIONS = (
@@ -136,6 +137,8 @@ class Option:
     command_line: bool = True
     #: Where `tapster --help` lists it (a key of SECTIONS).
     section: str = "application"
+    #: Other command-line names (without `--`), e.g. Gunicorn's for the same option.
+    aliases: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.layer not in LAYERS:
@@ -162,7 +165,8 @@ class Option:
     def flags(self) -> tuple[str, ...]:
         """`--name` (with `-` for `_`), and `--no-name` for a boolean."""
         flag = "--" + self.name.replace("_", "-")
-        return (flag, "--no-" + flag[2:]) if self.boolean else (flag,)
+        names = (flag, "--no-" + flag[2:]) if self.boolean else (flag,)
+        return names + tuple("--" + alias for alias in self.aliases)
 
     @property
     def shown_default(self) -> str:
@@ -347,6 +351,15 @@ OPTIONS: tuple[Option, ...] = (
     # Tapster's own options.
     Option("io_threads", int, 1, "server", "Tapster: threads doing socket I/O and HTTP parsing.", section="workers"),
     Option(
+        "proxy_protocol", asbool, False, "server",
+        "Tapster: every connection starts with a PROXY protocol header (v1 or v2, as HAProxy "
+        "and cloud load balancers send), accepted only from `trusted_proxy` peers: "
+        "REMOTE_ADDR and REMOTE_PORT are the client it names, its SSL TLV makes "
+        "`wsgi.url_scheme` `https`; a connection without a valid header within "
+        "`header_timeout` is closed unanswered.",
+        section="proxies",
+    ),
+    Option(
         "header_timeout", float, 30.0, "server",
         "Tapster: seconds a client has to send a complete request head (408 beyond).",
         section="limits",
@@ -369,8 +382,9 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option(
         "shutdown_timeout", float, 5.0, "server",
-        "Tapster: seconds a graceful shutdown waits for requests in progress.",
-        section="limits",
+        "Tapster: seconds a graceful shutdown (or a worker's drain) waits for requests in "
+        "progress. `--graceful-timeout` is the same option.",
+        section="limits", aliases=("graceful-timeout",),
     ),
     Option(
         "inbuf_memory_budget", int, 67108864, "server",
@@ -390,6 +404,58 @@ OPTIONS: tuple[Option, ...] = (
         "files; past it, an application whose client lags is paused until that client "
         "catches up.",
         section="buffers",
+    ),
+    # Worker processes and their supervisor (layer "process").
+    Option(
+        "workers", int, 1, "process",
+        "Tapster: worker processes, each with its own `threads`, limits and "
+        "`connection_limit`. 1 is one process and no supervisor (unless `max_requests`, "
+        "`max_worker_memory` or `reload` asks for one).",
+        section="workers",
+    ),
+    Option(
+        "preload", asbool, False, "process",
+        "Tapster: import the application in the supervisor, before forking the workers "
+        "(a reload then restarts the workers without re-importing it). `serve(app, "
+        "workers=N)` always works this way: the application exists already.",
+        section="workers",
+    ),
+    Option(
+        "reuse_port", asbool, False, "process",
+        "Tapster: give each worker its own `SO_REUSEPORT` socket per TCP address (the "
+        "kernel spreads connections evenly) instead of one socket all workers share.",
+        section="workers",
+    ),
+    Option(
+        "max_requests", int, 0, "process",
+        "Tapster: replace a worker after it has handled this many requests: its "
+        "replacement is up before it drains (0: never).",
+        section="workers",
+    ),
+    Option(
+        "max_requests_jitter", int, 0, "process",
+        "Tapster: add a random 0 to this many requests to each worker's `max_requests`, "
+        "so workers are not all replaced at once.",
+        section="workers",
+    ),
+    Option(
+        "max_worker_memory", int, 0, "process",
+        "Tapster: replace a worker whose resident memory exceeds this many MiB, checked "
+        "every second (0: never).",
+        section="workers",
+    ),
+    Option(
+        "reload", asbool, False, "process",
+        "Tapster, for development: reload the workers when a Python file the application "
+        "imported changes (inotify; files of the standard library and site-packages are "
+        "not watched).",
+        section="workers",
+    ),
+    Option(
+        "pidfile", str, None, "process",
+        "Tapster: write the process id (the supervisor's, with workers) to this file, "
+        "and remove it at exit.",
+        section="process", aliases=("pid",),
     ),
     # The `tapster` command's own (layer "cli": not serve() keyword arguments).
     Option(

@@ -17,7 +17,7 @@ import sys
 import types
 from typing import IO, Any, Callable, NoReturn
 
-from tapster import __version__, _tapster, serve
+from tapster import __version__, _tapster, serve, wants_supervisor
 from tapster.adjustments import Adjustments
 from tapster.options import (
     BY_NAME,
@@ -31,7 +31,9 @@ from tapster.options import (
     asset,
     plain,
 )
+from tapster.process import flush_std_streams
 from tapster.server import create_server
+from tapster.supervisor import BOOT_FAILED, serve_workers
 
 #: The command's log format on stderr (Gunicorn's shape).
 LOG_FORMAT = "%(asctime)s [%(process)d] [%(levelname)s] %(name)s: %(message)s"
@@ -67,7 +69,7 @@ class StartupError(Exception):
 
 
 def _entry(option: Option) -> str:
-    head = ", ".join(option.flags) if option.boolean else option.flags[0] + "=VALUE"
+    head = ", ".join(option.flags if option.boolean else (f + "=VALUE" for f in option.flags))
     text = plain(f"{option.help} Default: {option.shown_default}.")
     return f"  {head}\n      {text}"
 
@@ -350,6 +352,8 @@ def run(argv: list[str] | None = None, _serve: Callable[..., Any] = serve) -> in
         privileges = Privileges(cli["user"], cli["group"], cli["umask"])
         privileges.apply_umask()
         place(cli["chdir"], cli["pythonpath"])
+        if wants_supervisor(kw):
+            return serve_supervised(kw, args[0], call, privileges)
         app = load_app(args[0], call)
 
         def server_factory(application: Any, **options: Any) -> Any:
@@ -375,6 +379,32 @@ def run(argv: list[str] | None = None, _serve: Callable[..., Any] = serve) -> in
     return 0
 
 
+def serve_supervised(kw: dict[str, Any], spec: str, call: bool, privileges: Privileges) -> int:
+    """Worker processes: the supervisor binds and drops privileges; the workers (or,
+    with `--preload`, the supervisor) import the application."""
+
+    def load() -> Any:
+        try:
+            return load_app(spec, call)
+        except StartupError as exc:
+            if str(exc):
+                print(f"Error: {exc}", file=sys.stderr)
+            raise SystemExit(BOOT_FAILED) from None
+
+    def after_bind(adj: Adjustments) -> None:
+        try:
+            privileges.apply(adj.unix_socket)
+        except OSError as exc:
+            raise StartupError(f"could not switch user or group: {exc}") from None
+
+    try:
+        return serve_workers(kw, None, load, after_bind)
+    except (ValueError, OSError) as exc:
+        raise StartupError(str(exc)) from None
+    except SystemExit as exc:  # --preload: the import failed
+        return 1 if exc.code else 0
+
+
 def exit_without_finalizing(status: int) -> NoReturn:
     """Ends the process at once, after flushing the logs and standard streams.
 
@@ -383,11 +413,7 @@ def exit_without_finalizing(status: int) -> NoReturn:
     abort at exit. Exit handlers (`atexit`) do not run, as under a supervisor's kill.
     """
     logging.shutdown()
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except (OSError, ValueError):
-            pass
+    flush_std_streams()
     os._exit(status)
 
 

@@ -4,6 +4,7 @@ serves (in Rust) until `close()`, Ctrl-C or SIGTERM."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -11,11 +12,12 @@ import socket
 import stat
 import threading
 from types import FrameType
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from tapster import _tapster
 from tapster.adjustments import Adjustments
 from tapster.options import OPTIONS
+from tapster.process import Notifier
 
 logger = logging.getLogger("tapster")
 
@@ -44,11 +46,15 @@ def cleanup_unix_socket(path: str) -> None:
 
 
 class _Listener:
-    """One bound, listening socket and how it presents itself."""
+    """One bound, listening socket, how it presents itself, and who else uses it:
+    `owned` (this process's alone: refused at once at shutdown), `inherited` (left
+    listening for its owner: systemd, `fd://`) or `workers` (shared by worker
+    processes, each woken in turn)."""
 
-    def __init__(self, sock: socket.socket, kind: str) -> None:
+    def __init__(self, sock: socket.socket, kind: str, sharing: str = "owned") -> None:
         self.socket = sock
         self.kind = kind
+        self.sharing = sharing
         if kind == "unix":
             self.effective_host: str = "unix"
             self.effective_port: Any = sock.getsockname()
@@ -63,11 +69,17 @@ class _Listener:
     def server_port(self) -> str:
         return str(self.effective_port)
 
+    def engine_spec(self) -> tuple[int, str, str, str]:
+        return (self.socket.fileno(), self.kind, self.server_port, self.sharing)
+
 
 def _bind_tcp(adj: Adjustments, family: int, socktype: int, proto: int, sockaddr: Any) -> socket.socket:
     sock = socket.socket(family, socktype, proto)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if adj.reuse_port:
+            # Each worker gets a socket of its own on this address (supervisor.py).
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         if family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         sock.bind(sockaddr)
@@ -92,12 +104,80 @@ def _bind_unix(adj: Adjustments) -> socket.socket:
     return sock
 
 
-def _adopt(adj: Adjustments, sock: socket.socket) -> _Listener:
+def _adopt(adj: Adjustments, sock: socket.socket, sharing: str = "owned") -> _Listener:
     if sock.type != socket.SOCK_STREAM:
         raise ValueError("Only SOCK_STREAM sockets are supported")
-    sock.listen(adj.backlog)
+    if sharing == "owned" or not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+        sock.listen(adj.backlog)
     kind = "unix" if sock.family == getattr(socket, "AF_UNIX", None) else "tcp"
-    return _Listener(sock, kind)
+    return _Listener(sock, kind, sharing)
+
+
+def _inherit(adj: Adjustments, fd: int, where: str) -> _Listener:
+    """The listening socket on descriptor `fd` (from `fd://` or systemd)."""
+    try:
+        sock = socket.socket(fileno=fd)
+    except OSError as exc:
+        raise ValueError(f"{where}: descriptor {fd} is not a socket ({exc.strerror or exc})") from None
+    try:
+        return _adopt(adj, sock, "inherited")
+    except ValueError:
+        sock.detach()
+        raise ValueError(f"{where}: descriptor {fd} is not a stream socket") from None
+
+
+#: The first descriptor systemd passes (SD_LISTEN_FDS_START).
+SYSTEMD_FIRST_FD = 3
+
+
+def systemd_sockets() -> list[tuple[int, str]]:
+    """The sockets systemd passed this process (socket activation), as (descriptor,
+    name), when LISTEN_PID names this process. The variables are then removed, so that
+    the application's own children do not take the sockets for theirs."""
+    pid, count = os.environ.get("LISTEN_PID", ""), os.environ.get("LISTEN_FDS", "")
+    if not (pid.isdigit() and int(pid) == os.getpid() and count.isdigit()):
+        return []
+    names = os.environ.get("LISTEN_FDNAMES", "").split(":")
+    for key in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
+        os.environ.pop(key, None)
+    fds = range(SYSTEMD_FIRST_FD, SYSTEMD_FIRST_FD + int(count))
+    return [(fd, names[i] if i < len(names) and names[i] else f"fd {fd}") for i, fd in enumerate(fds)]
+
+
+def bind_listeners(adj: Adjustments, sock: socket.socket | None = None) -> list[_Listener]:
+    """Binds (or adopts) every listening socket the options describe: `sock`, else a
+    Unix socket, `sockets`, or the `listen` addresses; then `fd://` descriptors and
+    the sockets systemd passed (which replace the default address when the options
+    name none)."""
+    listeners: list[_Listener] = []
+    try:
+        activated = systemd_sockets()
+        for fd, name in activated:
+            listeners.append(_inherit(adj, fd, f"systemd socket {name!r}"))
+        listeners.extend(_inherit(adj, fd, f"listen entry fd://{fd}") for fd in adj.listen_fds)
+        if sock is not None:
+            listeners.append(_adopt(adj, sock))
+        elif adj.unix_socket and hasattr(socket, "AF_UNIX"):
+            listeners.append(_Listener(_bind_unix(adj), "unix"))
+        elif adj.sockets:
+            kinds = {s.family == getattr(socket, "AF_UNIX", None) for s in adj.sockets}
+            if len(kinds) > 1:
+                raise ValueError("Inet and unix sockets may not be mixed")
+            listeners.extend(_adopt(adj, s) for s in adj.sockets)
+        elif adj.listen_given or not (activated or adj.listen_fds):
+            for family, socktype, proto, sockaddr in adj.listen:
+                listeners.append(_Listener(_bind_tcp(adj, family, socktype, proto, sockaddr), "tcp"))
+        if not listeners:
+            raise ValueError("No listening sockets: check the listen option")
+        return listeners
+    except BaseException:
+        for lst in listeners:
+            if lst.socket is not sock and lst.socket not in adj.sockets:
+                if lst.sharing == "inherited":
+                    lst.socket.detach()
+                else:
+                    lst.socket.close()
+        raise
 
 
 class BaseWSGIServer:
@@ -119,22 +199,26 @@ class BaseWSGIServer:
         self.adj = adj
         self.listeners = listeners
         self._engine = _tapster.Server(
-            application,
-            config,
-            [(lst.socket.fileno(), lst.kind, lst.server_port) for lst in listeners],
+            application, config, [lst.engine_spec() for lst in listeners]
         )
         self._closed = False
         self._lock = threading.Lock()
+        #: Told when serving starts and when SIGTERM starts the graceful shutdown.
+        self.notifier = Notifier(None)
 
     @property
     def effective_listen(self) -> list[tuple[str, Any]]:
         return [(lst.effective_host, lst.effective_port) for lst in self.listeners]
 
-    def run(self) -> None:
-        """Serves until `close()`, Ctrl-C or SIGTERM, then shuts down gracefully."""
-        previous = _install_sigterm()
+    def run(self, tick: Callable[[], None] | None = None, max_requests: int = 0) -> None:
+        """Serves until `close()`, Ctrl-C or SIGTERM, then shuts down gracefully.
+        `tick` is called once serving starts, then about every 100 ms and when
+        `max_requests` is reached (what it raises stops the server); from
+        `max_requests` on, responses close their connection (for a worker)."""
+        previous = _install_sigterm(lambda: self.notifier.send("STOPPING=1", "STATUS=Stopping"))
         try:
-            self._engine.run()
+            with _signal_wakeup() as wakeup_fd:
+                self._engine.run(tick or ReadyOnce(self.notifier), max_requests, wakeup_fd)
         except (KeyboardInterrupt, SystemExit):
             pass
         finally:
@@ -193,7 +277,7 @@ class MultiSocketServer(BaseWSGIServer):
 WSGIServer = TcpWSGIServer
 
 
-def _raise_fd_limit(wanted: int, connection_limit: int) -> None:
+def raise_fd_limit(wanted: int, connection_limit: int) -> None:
     """Raises the soft limit on open files toward `wanted` (within the hard limit), so
     `connection_limit` connections plus files and listeners fit; logs a WARNING with
     both numbers when the limit stays below `wanted`."""
@@ -239,27 +323,24 @@ def create_server(
         )
     adj = Adjustments(**kw)
     config = engine_config(adj)
-    _raise_fd_limit(2 * adj.connection_limit + 256, adj.connection_limit)
+    raise_fd_limit(2 * adj.connection_limit + 256, adj.connection_limit)
     for option in OPTIONS:
         if option.layer == "compat" and option.name in kw:
             logger.debug("option %s has no effect in Tapster", option.name)
 
-    listeners: list[_Listener] = []
+    if adj.supervised:
+        raise ValueError(
+            "workers, max_requests, max_worker_memory and reload need serve() or the "
+            "tapster command (create_server() makes one server in this process)"
+        )
+    return server_for(application, adj, config, bind_listeners(adj, _sock))
+
+
+def server_for(
+    application: WSGIApp, adj: Adjustments, config: _tapster.EngineConfig, listeners: list[_Listener]
+) -> BaseWSGIServer:
+    """The server object for listeners already bound (closed if it cannot be made)."""
     try:
-        if _sock is not None:
-            listeners.append(_adopt(adj, _sock))
-        elif adj.unix_socket and hasattr(socket, "AF_UNIX"):
-            listeners.append(_Listener(_bind_unix(adj), "unix"))
-        elif adj.sockets:
-            kinds = {s.family == getattr(socket, "AF_UNIX", None) for s in adj.sockets}
-            if len(kinds) > 1:
-                raise ValueError("Inet and unix sockets may not be mixed")
-            listeners.extend(_adopt(adj, s) for s in adj.sockets)
-        else:
-            for family, socktype, proto, sockaddr in adj.listen:
-                listeners.append(_Listener(_bind_tcp(adj, family, socktype, proto, sockaddr), "tcp"))
-        if not listeners:
-            raise ValueError("No listening sockets: check the listen option")
         if len(listeners) > 1:
             return MultiSocketServer(application, adj, listeners, config)
         if listeners[0].kind == "unix":
@@ -267,12 +348,48 @@ def create_server(
         return TcpWSGIServer(application, adj, listeners, config)
     except BaseException:
         for lst in listeners:
-            if _sock is None and lst.socket not in adj.sockets:
+            if lst.socket not in adj.sockets:
                 lst.socket.close()
         raise
 
 
-def _install_sigterm() -> Any:
+class ReadyOnce:
+    """The single process's tick: tells systemd it is ready, once."""
+
+    def __init__(self, notifier: Notifier) -> None:
+        self.notifier = notifier
+        self.done = False
+
+    def __call__(self) -> None:
+        if not self.done:
+            self.done = True
+            self.notifier.send("READY=1", "STATUS=Serving (one process)")
+
+
+@contextlib.contextmanager
+def _signal_wakeup() -> Iterator[int]:
+    """On the main thread, a pipe Python's signal handler writes to (so the engine
+    wakes at once for a signal); the descriptor to watch, or -1."""
+    if threading.current_thread() is not threading.main_thread():
+        yield -1
+        return
+    read_end, write_end = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        previous = signal.set_wakeup_fd(write_end, warn_on_full_buffer=False)
+    except ValueError:  # pragma: no cover - not the main interpreter
+        os.close(read_end)
+        os.close(write_end)
+        yield -1
+        return
+    try:
+        yield read_end
+    finally:
+        signal.set_wakeup_fd(previous)
+        os.close(read_end)
+        os.close(write_end)
+
+
+def _install_sigterm(on_stop: Callable[[], None]) -> Any:
     """On the main thread, makes SIGTERM stop the server gracefully (unless the program
     installed its own handler). Returns the handler to restore, or None."""
     if threading.current_thread() is not threading.main_thread():
@@ -285,6 +402,7 @@ def _install_sigterm() -> Any:
         return None
 
     def stop(signum: int, frame: FrameType | None) -> None:
+        on_stop()
         raise SystemExit(0)
 
     signal.signal(signal.SIGTERM, stop)

@@ -6,6 +6,7 @@ pub mod body;
 pub mod date;
 pub mod encoder;
 pub mod error;
+pub mod proxy_protocol;
 pub mod request;
 pub mod response;
 pub mod target;
@@ -13,6 +14,8 @@ pub mod version;
 
 #[cfg(test)]
 mod proptests;
+#[cfg(test)]
+mod proxy_proptests;
 
 pub use body::{BodyDecoder, Progress};
 pub use error::{ErrorKind, HttpError};

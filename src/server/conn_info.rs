@@ -3,7 +3,8 @@
 //! task sets the flags, nothing here does I/O.
 
 use std::any::Any;
-use std::net::SocketAddr;
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 
@@ -29,6 +30,44 @@ pub struct ListenerInfo {
 pub enum Peer {
     Tcp(SocketAddr),
     Unix,
+}
+
+impl Peer {
+    /// REMOTE_ADDR: the IP address (an IPv4-mapped IPv6 address as IPv4), or
+    /// `localhost` on a Unix socket. Also what `trusted_proxy` is matched against.
+    pub fn remote_addr(&self) -> String {
+        match self {
+            Peer::Tcp(addr) => match addr.ip() {
+                IpAddr::V6(v6) => v6
+                    .to_ipv4_mapped()
+                    .map_or(IpAddr::V6(v6), IpAddr::V4)
+                    .to_string(),
+                v4 => v4.to_string(),
+            },
+            Peer::Unix => "localhost".to_owned(),
+        }
+    }
+}
+
+impl fmt::Display for Peer {
+    /// For log lines: `address:port`, or `localhost (Unix socket)`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Peer::Tcp(addr) => write!(f, "{addr}"),
+            Peer::Unix => f.write_str("localhost (Unix socket)"),
+        }
+    }
+}
+
+/// How the client reached the server, as far as the server knows.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ClientTransport {
+    /// Nothing known: `wsgi.url_scheme` is the `url_scheme` option.
+    #[default]
+    AsConfigured,
+    /// Over TLS to a load balancer (its PROXY header's SSL TLV says so):
+    /// `wsgi.url_scheme` is `https` unless trusted forwarding headers say otherwise.
+    Tls,
 }
 
 /// Where the application side may keep its own data about a connection or a listener
@@ -57,7 +96,9 @@ impl AppSlot {
 
 /// What the application side may know about the connection a request came on.
 pub struct ConnInfo {
+    /// The client: the socket's peer, or the source a PROXY header named.
     pub peer: Peer,
+    pub transport: ClientTransport,
     pub listener: Arc<ListenerInfo>,
     /// Per-connection data of the application side.
     pub app_data: AppSlot,
@@ -69,10 +110,21 @@ impl ConnInfo {
     pub fn new(peer: Peer, listener: Arc<ListenerInfo>, shutdown: Arc<ShutdownSignal>) -> ConnInfo {
         ConnInfo {
             peer,
+            transport: ClientTransport::AsConfigured,
             listener,
             app_data: AppSlot::default(),
             disconnected: AtomicBool::new(false),
             shutdown,
+        }
+    }
+
+    /// The same connection as a load balancer's PROXY header describes it: another
+    /// client, maybe over TLS. Made before the first request, so nothing of the
+    /// application side is cached yet.
+    pub fn relayed(&self, peer: Peer, transport: ClientTransport) -> ConnInfo {
+        ConnInfo {
+            transport,
+            ..ConnInfo::new(peer, self.listener.clone(), self.shutdown.clone())
         }
     }
 

@@ -15,8 +15,9 @@ use tokio::time::{sleep_until, timeout_at, Sleep};
 use super::budget::Budgets;
 use super::conn_info::ConnInfo;
 use super::dispatch::{Dispatcher, EventLog, LogLevel, Request};
+use super::proxy_header;
 use super::responder::{Completion, OutputLimits, Responder, Step};
-use super::shutdown::{Shutdown, ShutdownSignal};
+use super::shutdown::{first_request_deadline, Shutdown, ShutdownSignal};
 use super::socket::{Conn, ReadBuf};
 use super::spool::{Body, BodySpool};
 use crate::config::Config;
@@ -35,6 +36,8 @@ pub struct Shared {
     pub shutdown: Arc<ShutdownSignal>,
     /// What all connections together may hold in memory and temporary files.
     pub budgets: Arc<Budgets>,
+    /// Where PROXY-protocol refusals are logged (rate-limited).
+    pub refusals: proxy_header::Refusals,
 }
 
 /// A connection's read buffer starts this small (most request heads fit) and grows to
@@ -79,11 +82,26 @@ enum End {
 }
 
 pub async fn serve(conn: Arc<Conn>, info: Arc<ConnInfo>, shared: Arc<Shared>) {
-    let shutdown = shared.shutdown.subscribe();
+    let accepted = Instant::now();
+    let mut shutdown = shared.shutdown.subscribe();
+    let mut rbuf = BytesMut::with_capacity(INITIAL_READ_BUFFER.min(shared.config.recv_bytes));
+    // With `proxy_protocol`, the connection starts with a PROXY header (or ends here).
+    let received = proxy_header::receive(
+        &conn,
+        info,
+        &mut rbuf,
+        &shared.config,
+        &shared.refusals,
+        &mut shutdown,
+    );
+    let Some(info) = received.await else {
+        conn.shutdown_both();
+        return;
+    };
     let mut session = Session {
         conn,
         info,
-        rbuf: BytesMut::with_capacity(INITIAL_READ_BUFFER.min(shared.config.recv_bytes)),
+        rbuf,
         parser: HeadParser::new(),
         shutdown,
         activity: 0,
@@ -92,6 +110,7 @@ pub async fn serve(conn: Arc<Conn>, info: Arc<ConnInfo>, shared: Arc<Shared>) {
             (Instant::now() + shared.config.channel_timeout).into(),
         )),
         peer_finished: false,
+        stage: Stage::Fresh { accepted },
         shared,
     };
     let end = session.run().await;
@@ -123,6 +142,14 @@ struct Session {
     idle_timer: Pin<Box<Sleep>>,
     /// The client shut down its sending side (or closed): no more requests will come.
     peer_finished: bool,
+    stage: Stage,
+}
+
+/// Whether the connection has had a request yet (see `FIRST_REQUEST_GRACE`).
+#[derive(Clone, Copy)]
+enum Stage {
+    Fresh { accepted: Instant },
+    Served,
 }
 
 /// Why no request head came.
@@ -221,7 +248,10 @@ impl Session {
         let mut head_started: Option<Instant> = None;
         loop {
             match self.parser.parse(&mut self.rbuf, &self.shared.head_limits) {
-                Ok(Some(head)) => return Ok(head),
+                Ok(Some(head)) => {
+                    self.stage = Stage::Served;
+                    return Ok(head);
+                }
                 Ok(None) => {}
                 Err(err) => return Err(NoRequest::Refuse(err)),
             }
@@ -229,21 +259,28 @@ impl Session {
                 return Err(NoRequest::Close);
             }
             let idle = self.parser.pending(&self.rbuf) == 0;
-            if idle && self.shutdown.is_closing() {
+            let grace = self.first_request_grace(idle);
+            if idle && self.shutdown.is_closing() && grace.is_none() {
                 return Err(NoRequest::Close);
             }
             let deadline = if idle {
                 head_started = None;
-                None
+                grace
             } else {
                 let started = *head_started.get_or_insert_with(Instant::now);
                 Some(started + self.shared.config.header_timeout)
             };
             match self
-                .read_more(self.shared.config.recv_bytes, idle, deadline)
+                .read_more(
+                    self.shared.config.recv_bytes,
+                    idle && grace.is_none(),
+                    deadline,
+                )
                 .await
             {
                 Ok(_) => {}
+                // A fresh connection looks again, with its grace.
+                Err(ReadStop::Shutdown) if matches!(self.stage, Stage::Fresh { .. }) => {}
                 Err(ReadStop::Eof) => {
                     self.peer_finished = true;
                     if self.parser.pending(&self.rbuf) > 0 {
@@ -263,6 +300,18 @@ impl Session {
                     return Err(NoRequest::Close);
                 }
             }
+        }
+    }
+
+    /// During a shutdown, until when a connection with no request yet may wait for its
+    /// first (`None`: not fresh, not idle, or not shutting down).
+    fn first_request_grace(&self, idle: bool) -> Option<Instant> {
+        match self.stage {
+            Stage::Fresh { accepted } if idle && self.shutdown.is_closing() => {
+                let until = first_request_deadline(accepted);
+                (Instant::now() < until).then_some(until)
+            }
+            _ => None,
         }
     }
 
@@ -570,9 +619,12 @@ mod tests {
     //! shutdown of an idle connection.
 
     use super::*;
+    use crate::config::ProxyProtocol;
+    use crate::proxy::TrustedPeers;
     use crate::server::budget::Budgets;
-    use crate::server::conn_info::{ListenerInfo, ListenerKind, Peer};
+    use crate::server::conn_info::{ClientTransport, ListenerInfo, ListenerKind, Peer};
     use crate::server::responder::{Delivery, Part};
+    use crate::server::shutdown::FIRST_REQUEST_GRACE;
     use crate::test_support::{block_on as run, Quiet};
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Mutex;
@@ -584,11 +636,15 @@ mod tests {
     struct Echo {
         calls: AtomicUsize,
         bodies: Mutex<Vec<Vec<u8>>>,
+        /// Each request's client, as REMOTE_ADDR would show it, and its transport.
+        clients: Mutex<Vec<(String, ClientTransport)>>,
     }
 
     impl Dispatcher for Echo {
         fn dispatch(&self, request: Request) {
             self.calls.fetch_add(1, Ordering::SeqCst);
+            let client = (request.conn.peer.to_string(), request.conn.transport);
+            self.clients.lock().unwrap().push(client);
             let mut body = vec![0; request.body.len() as usize];
             let n = request.body.read_at(0, &mut body).unwrap_or(0);
             body.truncate(n);
@@ -615,19 +671,23 @@ mod tests {
     }
 
     fn connect() -> Harness {
+        connect_with(Config::example())
+    }
+
+    fn connect_with(config: Config) -> Harness {
         let (server, client) = std::os::unix::net::UnixStream::pair().expect("a socket pair");
         server.set_nonblocking(true).unwrap();
         client.set_nonblocking(true).unwrap();
         let conn = Arc::new(Conn::new(socket2::Socket::from(server)).expect("registered"));
         let echo = Arc::new(Echo::default());
         let shutdown = ShutdownSignal::new();
-        let config = Config::example();
         let shared = Arc::new(Shared {
             head_limits: config.head_limits(),
             output_limits: OutputLimits::of(&config),
             config,
             dispatcher: echo.clone(),
             log: Arc::new(Quiet),
+            refusals: proxy_header::Refusals::new(Arc::new(Quiet)),
             shutdown: shutdown.clone(),
             budgets: Budgets::unlimited(),
         });
@@ -742,5 +802,126 @@ mod tests {
                 .expect("the connection task ended")
                 .unwrap();
         });
+    }
+
+    #[test]
+    fn a_fresh_connection_during_a_shutdown_gets_its_first_request_answered() {
+        run(async {
+            let mut h = connect();
+            h.shutdown.trigger();
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            h.client
+                .write_all(b"GET /late HTTP/1.1\r\nHost: t\r\n\r\n")
+                .await
+                .unwrap();
+            let rest = String::from_utf8(read_to_end(&mut h.client).await).unwrap();
+            assert!(rest.ends_with("/late"), "{rest:?}");
+            tokio::time::timeout(Duration::from_secs(3), h.task)
+                .await
+                .expect("the connection closed after its one response")
+                .unwrap();
+        });
+    }
+
+    #[test]
+    fn a_fresh_connection_that_stays_silent_is_closed_after_its_grace() {
+        run(async {
+            let mut h = connect();
+            h.shutdown.trigger();
+            let started = std::time::Instant::now();
+            let rest = read_to_end(&mut h.client).await;
+            assert!(rest.is_empty(), "{rest:?}");
+            let waited = started.elapsed();
+            assert!(
+                waited < FIRST_REQUEST_GRACE + Duration::from_millis(500),
+                "{waited:?}"
+            );
+        });
+    }
+
+    /// `proxy_protocol` on, trusting `trusted` (the test peer is a Unix socket:
+    /// `localhost`), with a short `header_timeout`.
+    fn proxied(trusted: &str) -> Harness {
+        let trusted = TrustedPeers::parse(Some(trusted)).unwrap();
+        connect_with(Config {
+            header_timeout: Duration::from_millis(300),
+            proxy_protocol: ProxyProtocol::Required { trusted },
+            ..Config::example()
+        })
+    }
+
+    const V2_TLS: &[u8] = b"\r\n\r\n\0\r\nQUIT\n\x21\x11\x00\x14\
+        \xc0\x00\x02\x07\xc6\x33\x64\x01\x15\xb3\x01\xbb\
+        \x20\x00\x05\x01\x00\x00\x00\x00";
+
+    #[test]
+    fn a_proxy_header_names_the_client_of_every_request_on_the_connection() {
+        run(async {
+            let mut h = proxied("localhost");
+            h.client
+                .write_all(b"PROXY TCP4 192.0.2.7 198.51.100.1 5555 443\r\nGET /a HTTP/1.1\r\nHost: t\r\n\r\n")
+                .await
+                .unwrap();
+            read_until(&mut h.client, b"/a").await;
+            h.client
+                .write_all(b"GET /b HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+                .await
+                .unwrap();
+            read_to_end(&mut h.client).await;
+            let client = ("192.0.2.7:5555".to_owned(), ClientTransport::AsConfigured);
+            assert_eq!(
+                *h.echo.clients.lock().unwrap(),
+                vec![client.clone(), client]
+            );
+        });
+    }
+
+    #[test]
+    fn a_v2_header_in_pieces_with_the_ssl_tlv_means_tls() {
+        run(async {
+            let mut h = proxied("*");
+            for piece in [&V2_TLS[..5], &V2_TLS[5..20], &V2_TLS[20..]] {
+                h.client.write_all(piece).await.unwrap();
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            h.client
+                .write_all(b"GET /tls HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+                .await
+                .unwrap();
+            read_until(&mut h.client, b"/tls").await;
+            let client = ("192.0.2.7:5555".to_owned(), ClientTransport::Tls);
+            assert_eq!(*h.echo.clients.lock().unwrap(), vec![client]);
+        });
+    }
+
+    #[test]
+    fn no_header_a_bad_one_or_an_untrusted_peer_closes_unanswered() {
+        let cases: [(&str, &[u8]); 4] = [
+            ("localhost", b"GET / HTTP/1.1\r\nHost: t\r\n\r\n"),
+            (
+                "localhost",
+                b"PROXY TCP4 192.0.2.7 ::1 5555 443\r\nGET / HTTP/1.1\r\n\r\n",
+            ),
+            ("localhost", b"PROXY TCP4 192.0.2.7"),
+            (
+                "10.0.0.1",
+                b"PROXY UNKNOWN\r\nGET / HTTP/1.1\r\nHost: t\r\n\r\n",
+            ),
+        ];
+        for (trusted, sent) in cases {
+            run(async {
+                let mut h = proxied(trusted);
+                let _ = h.client.write_all(sent).await;
+                let started = Instant::now();
+                let out = read_to_end(&mut h.client).await;
+                assert!(out.is_empty(), "{out:?}");
+                assert!(started.elapsed() < Duration::from_secs(1), "{sent:?}");
+                assert_eq!(h.echo.calls.load(Ordering::SeqCst), 0);
+                tokio::time::timeout(Duration::from_secs(2), h.task)
+                    .await
+                    .expect("the connection task ended")
+                    .unwrap();
+            });
+        }
     }
 }

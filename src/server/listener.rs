@@ -16,6 +16,9 @@ use super::budget::Budgets;
 use super::conn_info::{ConnInfo, ListenerInfo, ListenerKind, Peer};
 use super::connection::{self, Shared};
 use super::dispatch::{Dispatcher, EventLog, LogLevel};
+use super::exclusive::ExclusiveGate;
+use super::proxy_header::Refusals;
+use super::ratelimit::{suppressed_note, RateLimit, Verdict};
 use super::responder::OutputLimits;
 use super::shutdown::{Shutdown, ShutdownSignal};
 use super::socket::{register, Conn};
@@ -34,9 +37,26 @@ const NOTSENT_LOWAT: u32 = 128 * 1024;
 pub struct ListenerSpec {
     pub socket: Socket,
     pub info: Arc<ListenerInfo>,
+    pub sharing: Sharing,
 }
 
-/// Counts open connections so shutdown can wait for them.
+/// Who else uses a listening socket: decides how it is watched and what a shutdown
+/// does to it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Sharing {
+    /// Bound for this process alone: watched by the reactor, and taken out of the
+    /// listening state at shutdown, so new connections are refused at once.
+    Owned,
+    /// Owned by someone who outlives this server (systemd, a descriptor passed with
+    /// `fd://`, a supervisor's `SO_REUSEPORT` socket for this worker): watched by the
+    /// reactor, left listening at shutdown for its owner.
+    Inherited,
+    /// Shared with the other worker processes: accepted through an `ExclusiveGate` (one
+    /// worker woken per connection), left listening at shutdown.
+    Workers,
+}
+
+/// Counts open connections (and running accept loops) so shutdown can wait for them.
 struct ConnCount {
     open: Mutex<usize>,
     changed: Condvar,
@@ -63,7 +83,7 @@ impl Drop for ConnGuard {
 /// A started server: the runtime with its accept loops and connections.
 pub struct Running {
     runtime: Option<Runtime>,
-    /// Duplicates of the listening sockets, to stop them listening at shutdown.
+    /// Duplicates of the `Owned` listening sockets, to stop them listening at shutdown.
     listening: Vec<Socket>,
     shutdown: Arc<ShutdownSignal>,
     count: Arc<ConnCount>,
@@ -101,6 +121,7 @@ pub fn start(
         ),
         config,
         dispatcher,
+        refusals: Refusals::new(log.clone()),
         log,
         shutdown: shutdown.clone(),
     });
@@ -109,10 +130,16 @@ pub fn start(
         let _enter = runtime.enter();
         for spec in listeners {
             spec.socket.set_nonblocking(true)?;
-            listening.push(spec.socket.try_clone()?);
-            let listener = register(spec.socket)?;
+            if spec.sharing == Sharing::Owned {
+                listening.push(spec.socket.try_clone()?);
+            }
+            let source = Source::new(spec.socket, spec.sharing)?;
+            // Counted like a connection, so that a shutdown waits for the loop to
+            // have served what it accepted on its way out (`Source::leave`).
+            let guard = ConnGuard::new(&count);
             runtime.spawn(accept_loop(
-                listener,
+                guard,
+                source,
                 spec.info,
                 shared.clone(),
                 limit.clone(),
@@ -181,42 +208,67 @@ impl Drop for Running {
 /// One listener's loop: take a place under the connection limit, accept, start the
 /// connection's task; until shutdown.
 async fn accept_loop(
-    listener: AsyncFd<Socket>,
+    _counted: ConnGuard,
+    mut source: Source,
     info: Arc<ListenerInfo>,
     shared: Arc<Shared>,
     limit: Arc<Semaphore>,
     count: Arc<ConnCount>,
 ) {
     let mut shutdown = shared.shutdown.subscribe();
-    if shutdown.is_closing() {
-        return;
-    }
     let mut errors = AcceptErrors::default();
-    loop {
+    while !shutdown.is_closing() {
         let Some(permit) = place_under_limit(&limit, &shared, &mut shutdown).await else {
-            return;
+            break;
         };
         let accepted = tokio::select! {
             biased;
-            _ = shutdown.recv() => return,
-            r = accept(&listener) => r,
+            _ = shutdown.recv() => break,
+            r = source.accept() => r,
         };
-        if shutdown.is_closing() {
-            // The listener was taken down by `begin_shutdown`.
-            return;
-        }
         match accepted {
             Ok((socket, peer)) => {
                 errors.recovered(&shared);
-                let guard = ConnGuard::new(&count);
-                start_connection(socket, peer, &info, &shared, move || {
-                    drop(guard);
-                    drop(permit);
-                });
+                serve_accepted(socket, peer, Some(permit), &info, &shared, &count);
+            }
+            // The listener was taken down by `begin_shutdown`.
+            Err(_) if shutdown.is_closing() => break,
+            Err(err) if err.raw_os_error() == Some(libc::EINVAL) => {
+                // Whoever owns the socket (a supervisor draining its workers) took it
+                // out of the listening state.
+                shared.log.log(
+                    LogLevel::Info,
+                    "stopped accepting: the listening socket was shut down".into(),
+                );
+                break;
             }
             Err(err) => errors.failed(&err, &shared).await,
         }
     }
+    // With a listener shared by workers, what is pending may have woken this worker
+    // alone: it is served here (its responses close), not left for a wake-up that
+    // never comes.
+    for (socket, peer) in source.leave() {
+        let permit = limit.clone().try_acquire_owned().ok();
+        serve_accepted(socket, peer, permit, &info, &shared, &count);
+    }
+}
+
+/// Starts an accepted connection, counted until it ends (and holding its place under
+/// the limit, when it has one).
+fn serve_accepted(
+    socket: Socket,
+    peer: SockAddr,
+    permit: Option<OwnedSemaphorePermit>,
+    info: &Arc<ListenerInfo>,
+    shared: &Arc<Shared>,
+    count: &Arc<ConnCount>,
+) {
+    let guard = ConnGuard::new(count);
+    start_connection(socket, peer, info, shared, move || {
+        drop(guard);
+        drop(permit);
+    });
 }
 
 /// A place under `connection_limit`, waiting (and saying so in the log) while there is
@@ -251,10 +303,12 @@ const ACCEPT_ERROR_REPORT: Duration = Duration::from_secs(5);
 /// The failed `accept`s of one listener: the first is logged at once, later ones at
 /// most every `ACCEPT_ERROR_REPORT` with how many there were, so a process out of
 /// descriptors does not flood its log.
-#[derive(Default)]
-struct AcceptErrors {
-    last_report: Option<Instant>,
-    unreported: u64,
+struct AcceptErrors(RateLimit);
+
+impl Default for AcceptErrors {
+    fn default() -> AcceptErrors {
+        AcceptErrors(RateLimit::new(ACCEPT_ERROR_REPORT))
+    }
 }
 
 impl AcceptErrors {
@@ -264,21 +318,14 @@ impl AcceptErrors {
         if err.kind() == io::ErrorKind::ConnectionAborted {
             return;
         }
-        self.unreported += 1;
-        let due = self
-            .last_report
-            .is_none_or(|at| at.elapsed() >= ACCEPT_ERROR_REPORT);
-        if due && shared.config.log_socket_errors {
-            let repeats = match self.unreported {
-                1 => String::new(),
-                n => format!(" ({n} failures since the last report)"),
-            };
-            shared.log.log(
-                LogLevel::Warning,
-                format!("server accept() threw an exception: {err}{repeats}"),
-            );
-            self.last_report = Some(Instant::now());
-            self.unreported = 0;
+        if let Verdict::Say { suppressed } = self.0.hit(Instant::now()) {
+            if shared.config.log_socket_errors {
+                let note = suppressed_note(suppressed);
+                shared.log.log(
+                    LogLevel::Warning,
+                    format!("server accept() threw an exception: {err}{note}"),
+                );
+            }
         }
         if matches!(
             err.raw_os_error(),
@@ -291,20 +338,13 @@ impl AcceptErrors {
     /// An `accept` worked: failures since the last report are reported now, so the end
     /// of a run is in the log too.
     fn recovered(&mut self, shared: &Shared) {
-        if self.unreported == 0 {
-            return;
-        }
-        if shared.config.log_socket_errors {
+        let unsaid = self.0.end_run();
+        if unsaid > 0 && shared.config.log_socket_errors {
             shared.log.log(
                 LogLevel::Info,
-                format!(
-                    "server accept() works again ({} failures since the last report)",
-                    self.unreported
-                ),
+                format!("server accept() works again ({unsaid} failures since the last report)"),
             );
         }
-        self.unreported = 0;
-        self.last_report = None;
     }
 }
 
@@ -343,36 +383,79 @@ fn start_connection(
     });
 }
 
-/// Accepts one connection, non-blocking and close-on-exec from the start.
-async fn accept(listener: &AsyncFd<Socket>) -> io::Result<(Socket, SockAddr)> {
-    loop {
-        let mut guard = listener.readable().await?;
-        let result = guard.try_io(|l| {
-            // SAFETY: `try_init` hands us storage large enough for any socket address and
-            // its length; the listening descriptor stays open while `l` is borrowed.
-            let (fd, addr) = unsafe {
-                SockAddr::try_init(|storage, len| {
-                    let fd = libc::accept4(
-                        l.as_raw_fd(),
-                        storage.cast(),
-                        len,
-                        libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-                    );
-                    if fd < 0 {
-                        Err(io::Error::last_os_error())
-                    } else {
-                        Ok(fd)
-                    }
-                })
-            }?;
-            // SAFETY: accept4 returned a new descriptor that nothing else owns.
-            let socket = unsafe { Socket::from_raw_fd(fd) };
-            Ok((socket, addr))
-        });
-        match result {
-            Ok(Err(err)) if err.kind() == io::ErrorKind::Interrupted => continue,
-            Ok(r) => return r,
-            Err(_would_block) => continue,
+/// Where an accept loop learns that a connection is pending.
+enum Source {
+    Reactor(AsyncFd<Socket>),
+    Gate { socket: Socket, gate: ExclusiveGate },
+}
+
+impl Source {
+    fn new(socket: Socket, sharing: Sharing) -> io::Result<Source> {
+        Ok(match sharing {
+            Sharing::Owned | Sharing::Inherited => Source::Reactor(register(socket)?),
+            Sharing::Workers => Source::Gate {
+                gate: ExclusiveGate::new(socket.as_raw_fd())?,
+                socket,
+            },
+        })
+    }
+
+    /// Stops watching the listener; with a shared listener, also accepts whatever is
+    /// pending (connections whose wake-up came to this worker).
+    fn leave(&mut self) -> Vec<(Socket, SockAddr)> {
+        let Source::Gate { socket, gate } = self else {
+            return Vec::new();
+        };
+        gate.leave();
+        let mut pending = Vec::new();
+        while let Ok(accepted) = accept4(socket) {
+            pending.push(accepted);
+        }
+        pending
+    }
+
+    /// Accepts one connection, non-blocking and close-on-exec from the start.
+    async fn accept(&mut self) -> io::Result<(Socket, SockAddr)> {
+        match self {
+            Source::Reactor(listener) => loop {
+                let mut guard = listener.readable().await?;
+                match guard.try_io(|l| accept4(l.get_ref())) {
+                    Ok(Err(err)) if err.kind() == io::ErrorKind::Interrupted => continue,
+                    Ok(r) => return r,
+                    Err(_would_block) => continue,
+                }
+            },
+            Source::Gate { socket, gate } => loop {
+                gate.readable().await;
+                match accept4(socket) {
+                    Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(err) if err.kind() == io::ErrorKind::WouldBlock => gate.drained(),
+                    r => return r,
+                }
+            },
         }
     }
+}
+
+/// One `accept4(2)` on a non-blocking listener.
+fn accept4(listener: &Socket) -> io::Result<(Socket, SockAddr)> {
+    // SAFETY: `try_init` hands us storage large enough for any socket address and its
+    // length; the listening descriptor stays open while `listener` is borrowed.
+    let (fd, addr) = unsafe {
+        SockAddr::try_init(|storage, len| {
+            let fd = libc::accept4(
+                listener.as_raw_fd(),
+                storage.cast(),
+                len,
+                libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            );
+            if fd < 0 {
+                Err(io::Error::last_os_error())
+            } else {
+                Ok(fd)
+            }
+        })
+    }?;
+    // SAFETY: accept4 returned a new descriptor that nothing else owns.
+    Ok((unsafe { Socket::from_raw_fd(fd) }, addr))
 }

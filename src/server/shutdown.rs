@@ -6,9 +6,22 @@
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use tokio::sync::futures::OwnedNotified;
 use tokio::sync::Notify;
+
+/// How long after its accept a connection that has had no request yet may still
+/// deliver its first one once a shutdown has begun. It was accepted to be served (a
+/// worker leaving a shared listener accepts what is pending), and its request may be
+/// on its way; a connection that has been served before is closed at once when idle.
+pub const FIRST_REQUEST_GRACE: Duration = Duration::from_secs(1);
+
+/// Until when a connection accepted at `accepted`, with no request yet, may wait for
+/// its first request during a shutdown.
+pub fn first_request_deadline(accepted: Instant) -> Instant {
+    accepted + FIRST_REQUEST_GRACE
+}
 
 /// Set once, when the server starts shutting down.
 #[derive(Default)]

@@ -6,7 +6,6 @@
 
 use std::borrow::Cow;
 use std::collections::HashMap;
-use std::net::IpAddr;
 use std::sync::{Arc, Mutex, Weak};
 
 use pyo3::prelude::*;
@@ -18,7 +17,7 @@ use crate::http::target::{
 };
 use crate::http::{BodyFraming, RequestHead, Version};
 use crate::proxy::{self, Overrides, ProxyConfig};
-use crate::server::{ConnInfo, Peer};
+use crate::server::{ClientTransport, ConnInfo, Peer};
 
 /// A Python `str` from bytes taken as latin-1 (PEP 3333's "bytes tunnelled in str").
 pub fn latin1<'py>(py: Python<'py>, bytes: &[u8]) -> PyResult<Bound<'py, PyString>> {
@@ -133,6 +132,8 @@ pub struct EnvironTemplate {
     http11: Py<PyString>,
     localhost: Py<PyString>,
     none_str: Py<PyString>,
+    /// `wsgi.url_scheme` of a connection that came over TLS to a load balancer.
+    https: Py<PyString>,
     methods: Vec<Py<PyString>>,
     sys: Py<PyModule>,
     /// `HTTP_*` key bytes (after the prefix) to interned key objects.
@@ -230,6 +231,7 @@ impl EnvironTemplate {
             http11: PyString::intern(py, "HTTP/1.1").unbind(),
             localhost: PyString::intern(py, "localhost").unbind(),
             none_str: PyString::intern(py, "None").unbind(),
+            https: PyString::intern(py, "https").unbind(),
             methods: METHODS
                 .iter()
                 .map(|m| PyString::intern(py, m).unbind())
@@ -275,7 +277,7 @@ impl EnvironTemplate {
         let cached = conn.app_data.get_or_try_init(|| -> PyResult<ConnObjects> {
             let (addr, port) = match &conn.peer {
                 Peer::Tcp(addr) => (
-                    PyString::new(py, &peer_text(&conn.peer)).unbind(),
+                    PyString::new(py, &conn.peer.remote_addr()).unbind(),
                     PyString::new(py, &addr.port().to_string()).unbind(),
                 ),
                 Peer::Unix => (self.localhost.clone_ref(py), self.none_str.clone_ref(py)),
@@ -323,13 +325,17 @@ impl EnvironTemplate {
     }
 
     /// What to do with the request's forwarding headers (`proxy::decide` with this
-    /// server's proxy options and the peer's address).
+    /// server's proxy options, the client's address and the connection's scheme).
     pub fn proxy_decision(
         &self,
         head: &RequestHead,
         conn: &ConnInfo,
     ) -> (proxy::Decision, Vec<String>) {
-        proxy::decide(&self.proxy, head, &peer_text(&conn.peer), &self.url_scheme)
+        let scheme = match conn.transport {
+            ClientTransport::AsConfigured => self.url_scheme.as_str(),
+            ClientTransport::Tls => "https",
+        };
+        proxy::decide(&self.proxy, head, &conn.peer.remote_addr(), scheme)
     }
 
     /// Builds the environ; `input` is `wsgi.input`; `drop` and `overrides` come from
@@ -353,6 +359,10 @@ impl EnvironTemplate {
         let path = collapse_leading_slashes(&decoded);
         let path_info = strip_prefix(path, &self.url_prefix);
         let listener = self.listener_objects(py, conn)?;
+        if conn.transport == ClientTransport::Tls {
+            // Before the overrides: trusted forwarding headers still win.
+            env.set_item(&k.wsgi_url_scheme, self.https.bind(py))?;
+        }
         let conn = self.conn_objects(py, conn)?;
 
         env.set_item(&k.request_method, self.method(py, head.method())?)?;
@@ -452,20 +462,6 @@ impl EnvironTemplate {
             env.set_item(&self.keys.content_length, body_len.to_string())?;
         }
         Ok(())
-    }
-}
-
-/// REMOTE_ADDR as text: the peer's IP address, or `localhost` on a Unix socket.
-fn peer_text(peer: &Peer) -> String {
-    match peer {
-        Peer::Tcp(addr) => match addr.ip() {
-            IpAddr::V6(v6) => v6
-                .to_ipv4_mapped()
-                .map_or(IpAddr::V6(v6), IpAddr::V4)
-                .to_string(),
-            v4 => v4.to_string(),
-        },
-        Peer::Unix => "localhost".to_owned(),
     }
 }
 

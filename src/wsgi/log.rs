@@ -3,6 +3,10 @@
 //! Worker threads hold the GIL and log directly. The I/O threads must never take the
 //! GIL, so their lines are queued on the `Control` and written by the thread blocked in
 //! `Server.run()`, which wakes for them.
+//!
+//! A logging call on the main thread may run a pending signal handler, and what that
+//! raises (SystemExit, KeyboardInterrupt) is the signal's meaning: it is kept, not
+//! printed, for `Server.run()` to act on (`take_interrupt`).
 
 use std::sync::{Condvar, Mutex};
 use std::time::Duration;
@@ -25,6 +29,8 @@ pub fn python_level(level: LogLevel) -> i32 {
 pub struct Loggers {
     pub main: Py<PyAny>,
     pub queue: Py<PyAny>,
+    /// What a signal handler raised inside a logging call, until `take_interrupt`.
+    interrupt: Mutex<Option<PyErr>>,
 }
 
 impl Loggers {
@@ -35,13 +41,23 @@ impl Loggers {
             queue: logging
                 .call_method1("getLogger", ("tapster.queue",))?
                 .unbind(),
+            interrupt: Mutex::new(None),
         })
+    }
+
+    /// What a signal handler raised during a logging call since the last call (the
+    /// first such exception; later ones are dropped, as a second identical signal).
+    pub fn take_interrupt(&self) -> Option<PyErr> {
+        self.interrupt
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
     }
 
     /// Logs `message` on the `tapster` logger. Logging errors are reported by `logging`
     /// itself and never escape.
     pub fn log(&self, py: Python<'_>, level: LogLevel, message: &str) {
-        log_to(py, &self.main, level, message, None);
+        self.write(py, &self.main, level, message, None);
     }
 
     /// Logs `message` with the traceback of `err` (like `logger.exception`).
@@ -57,28 +73,34 @@ impl Loggers {
             ],
         )
         .ok();
-        log_to(py, &self.main, LogLevel::Error, message, info.as_ref());
+        self.write(py, &self.main, LogLevel::Error, message, info.as_ref());
     }
-}
 
-pub fn log_to(
-    py: Python<'_>,
-    logger: &Py<PyAny>,
-    level: LogLevel,
-    message: &str,
-    exc_info: Option<&Bound<'_, PyTuple>>,
-) {
-    let logger = logger.bind(py);
-    let result = match exc_info {
-        Some(info) => {
-            let kwargs = pyo3::types::PyDict::new(py);
-            let _ = kwargs.set_item("exc_info", info);
-            logger.call_method("log", (python_level(level), "%s", message), Some(&kwargs))
+    fn write(
+        &self,
+        py: Python<'_>,
+        logger: &Py<PyAny>,
+        level: LogLevel,
+        message: &str,
+        exc_info: Option<&Bound<'_, PyTuple>>,
+    ) {
+        let logger = logger.bind(py);
+        let result = match exc_info {
+            Some(info) => {
+                let kwargs = pyo3::types::PyDict::new(py);
+                let _ = kwargs.set_item("exc_info", info);
+                logger.call_method("log", (python_level(level), "%s", message), Some(&kwargs))
+            }
+            None => logger.call_method1("log", (python_level(level), "%s", message)),
+        };
+        let Err(err) = result else { return };
+        if err.is_instance_of::<pyo3::exceptions::PyException>(py) {
+            // A broken handler: report it as logging would, and go on.
+            err.print(py);
+        } else {
+            let mut kept = self.interrupt.lock().unwrap_or_else(|e| e.into_inner());
+            kept.get_or_insert(err);
         }
-        None => logger.call_method1("log", (python_level(level), "%s", message)),
-    };
-    if let Err(err) = result {
-        err.print(py);
     }
 }
 
@@ -86,6 +108,8 @@ pub fn log_to(
 #[derive(Default)]
 struct ControlState {
     close_requested: bool,
+    /// A signal arrived (see `Control::wake`): look at it now.
+    woken: bool,
     /// (to the queue logger?, level, line)
     lines: Vec<(bool, LogLevel, String)>,
 }
@@ -111,10 +135,16 @@ impl Control {
         self.lock().close_requested
     }
 
+    /// Makes `wait` return now (a signal arrived).
+    pub fn wake(&self) {
+        self.lock().woken = true;
+        self.wake.notify_all();
+    }
+
     /// Blocks until there is something to do or `timeout` passes (call without the GIL).
     pub fn wait(&self, timeout: Option<Duration>) {
-        let state = self.lock();
-        if state.close_requested || !state.lines.is_empty() {
+        let mut state = self.lock();
+        if std::mem::take(&mut state.woken) || state.close_requested || !state.lines.is_empty() {
             return;
         }
         let _unused = match timeout {
@@ -133,7 +163,7 @@ impl Control {
         let lines = std::mem::take(&mut self.lock().lines);
         for (queue, level, line) in lines {
             let logger = if queue { &loggers.queue } else { &loggers.main };
-            log_to(py, logger, level, &line, None);
+            loggers.write(py, logger, level, &line, None);
         }
     }
 }

@@ -14,7 +14,9 @@ pub mod log;
 pub mod options;
 pub mod pool;
 pub mod py_server;
+pub mod signals;
 pub mod start_response;
+pub mod watcher;
 
 /// The options that shape what the application sees (the rest live in `Config`).
 #[derive(Clone, Debug)]

@@ -11,7 +11,7 @@ use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
 use super::WsgiConfig;
-use crate::config::Config;
+use crate::config::{Config, ProxyProtocol};
 use crate::proxy::{self, ProxyConfig, TrustedPeers};
 
 /// The options the engine takes (exported to Python as `ENGINE_OPTIONS`, where a test
@@ -37,6 +37,7 @@ pub const ENGINE_OPTIONS: &[&str] = &[
     "shutdown_timeout",
     "ident",
     "log_socket_errors",
+    "proxy_protocol",
     "url_scheme",
     "url_prefix",
     "server_name",
@@ -132,9 +133,27 @@ fn engine_config(o: &Bound<'_, PyDict>) -> PyResult<Config> {
         shutdown_timeout: seconds(o, "shutdown_timeout")?,
         ident: ident.filter(|s| !s.is_empty()),
         log_socket_errors: required(o, "log_socket_errors")?,
+        proxy_protocol: proxy_protocol(o)?,
     };
     config.validate().map_err(PyValueError::new_err)?;
     Ok(config)
+}
+
+/// `proxy_protocol`, with the peers allowed to send the header (`trusted_proxy`, which
+/// it needs: without it every connection would be refused).
+fn proxy_protocol(o: &Bound<'_, PyDict>) -> PyResult<ProxyProtocol> {
+    if !required::<bool>(o, "proxy_protocol")? {
+        return Ok(ProxyProtocol::Off);
+    }
+    let trusted: Option<String> = required(o, "trusted_proxy")?;
+    let trusted = TrustedPeers::parse(trusted.as_deref()).map_err(PyValueError::new_err)?;
+    if trusted.is_nobody() {
+        return Err(PyValueError::new_err(
+            "proxy_protocol needs trusted_proxy: the load balancers allowed to send PROXY \
+             headers (addresses or CIDR ranges, localhost for a Unix socket, * for every peer)",
+        ));
+    }
+    Ok(ProxyProtocol::Required { trusted })
 }
 
 fn proxy_config(o: &Bound<'_, PyDict>) -> PyResult<ProxyConfig> {

@@ -365,6 +365,15 @@ impl PoolShared {
 
 impl Dispatcher for PoolShared {
     fn dispatch(&self, request: Request) {
+        let served = REQUESTS.fetch_add(1, Ordering::Relaxed) + 1;
+        if served == REQUEST_LIMIT.load(Ordering::Relaxed) {
+            // The line also wakes the thread in `Server.run()`, whose tick tells the
+            // supervisor now rather than at its next poll.
+            self.log.log(
+                LogLevel::Info,
+                format!("max_requests reached ({served} requests): this worker is to be replaced"),
+            );
+        }
         self.enqueue(Job::Request(request), true);
     }
 
@@ -501,6 +510,21 @@ fn run<R: Runner>(py: Python<'_>, runner: &Arc<R>, shared: &PoolShared, job: Job
 /// deadline), in this process. Exposed in `tapster._tapster.stats()`: the command line
 /// then exits without finalizing the interpreter under them.
 pub static ABANDONED_THREADS: AtomicU64 = AtomicU64::new(0);
+
+/// Requests handed to the application since the process started (what
+/// `max_requests` counts).
+pub static REQUESTS: AtomicU64 = AtomicU64::new(0);
+
+/// A worker's `max_requests` (0: none), set by `Server.run()`: from that many
+/// requests on, responses close their connection, so that clients move to the other
+/// workers while this one is being replaced.
+pub static REQUEST_LIMIT: AtomicU64 = AtomicU64::new(0);
+
+/// Whether this process has served its `max_requests`.
+pub fn past_request_limit() -> bool {
+    let limit = REQUEST_LIMIT.load(Ordering::Relaxed);
+    limit != 0 && REQUESTS.load(Ordering::Relaxed) >= limit
+}
 
 /// Keeps a worker thread that Python ends from reaching `catch_unwind`.
 ///

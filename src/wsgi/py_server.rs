@@ -17,12 +17,13 @@ use super::exchange::AppContext;
 use super::file_wrapper::{FileWrapper, ZeroCopyTypes};
 use super::log::{Control, Loggers};
 use super::options::EngineConfig;
-use super::pool::{Pool, PoolShared};
+use super::pool::{Pool, PoolShared, REQUEST_LIMIT};
+use super::signals::SignalWaker;
 use super::start_response::ResponseSettings;
 use super::WsgiConfig;
 use crate::config::Config;
 use crate::server::{
-    self, Dispatcher, EventLog, ListenerInfo, ListenerKind, ListenerSpec, LogLevel,
+    self, Dispatcher, EventLog, ListenerInfo, ListenerKind, ListenerSpec, LogLevel, Sharing,
 };
 
 /// How often the thread in `run()` wakes to let Python handle signals (main thread only).
@@ -37,13 +38,27 @@ pub struct PyServer {
     control: Arc<Control>,
 }
 
-fn listener_from(fd: i32, kind: &str, server_port: String) -> PyResult<ListenerSpec> {
-    let kind = match kind {
+/// One listener as the Python layer describes it: `(fileno, "tcp" | "unix",
+/// server_port, "owned" | "inherited" | "workers")`.
+type ListenerTuple = (i32, String, String, String);
+
+fn listener_from((fd, kind, server_port, sharing): ListenerTuple) -> PyResult<ListenerSpec> {
+    let kind = match kind.as_str() {
         "tcp" => ListenerKind::Tcp,
         "unix" => ListenerKind::Unix,
         other => {
             return Err(PyValueError::new_err(format!(
                 "unknown listener kind {other:?}"
+            )))
+        }
+    };
+    let sharing = match sharing.as_str() {
+        "owned" => Sharing::Owned,
+        "inherited" => Sharing::Inherited,
+        "workers" => Sharing::Workers,
+        other => {
+            return Err(PyValueError::new_err(format!(
+                "unknown listener sharing {other:?}"
             )))
         }
     };
@@ -64,24 +79,27 @@ fn listener_from(fd: i32, kind: &str, server_port: String) -> PyResult<ListenerS
             server_port,
             app_data: Default::default(),
         }),
+        sharing,
     })
 }
 
 #[pymethods]
 impl PyServer {
     /// `options`: the validated engine options. `listeners`: `(fileno, "tcp" |
-    /// "unix", server_port)` for each bound, listening socket; the server keeps its own
-    /// duplicates of the descriptors.
+    /// "unix", server_port, sharing)` for each bound, listening socket, where sharing
+    /// is `owned` (this process's alone: refused at shutdown), `inherited` (left
+    /// listening for its owner) or `workers` (shared with other worker processes); the
+    /// server keeps its own duplicates of the descriptors.
     #[new]
     fn new(
         app: Py<PyAny>,
         options: PyRef<'_, EngineConfig>,
-        listeners: Vec<(i32, String, String)>,
+        listeners: Vec<ListenerTuple>,
     ) -> PyResult<PyServer> {
         let (config, wsgi) = (options.config.clone(), options.wsgi.clone());
         let listeners = listeners
             .into_iter()
-            .map(|(fd, kind, port)| listener_from(fd, &kind, port))
+            .map(listener_from)
             .collect::<PyResult<Vec<_>>>()?;
         Ok(PyServer {
             app,
@@ -95,7 +113,24 @@ impl PyServer {
     /// Serves until `close()` is called or a signal handler raises; then stops accepting,
     /// lets requests in progress finish (up to `shutdown_timeout`), and returns (or
     /// re-raises what the signal handler raised).
-    fn run(&self, py: Python<'_>) -> PyResult<()> {
+    ///
+    /// `tick`, when given, is called with no arguments once the server accepts, then
+    /// about every 100 ms while it serves (on the thread running `run()`), and at once
+    /// when `max_requests` is reached; what it raises stops the server as a signal
+    /// handler's exception does. `max_requests` (a worker's, 0 for none): from that
+    /// many requests on, responses close their connection.
+    ///
+    /// `wakeup_fd`: the read end of the pipe Python's `signal.set_wakeup_fd` writes to
+    /// (-1: none). A signal then wakes `run()` at once instead of at its next poll.
+    #[pyo3(signature = (tick=None, max_requests=0, wakeup_fd=-1))]
+    fn run(
+        &self,
+        py: Python<'_>,
+        tick: Option<Bound<'_, PyAny>>,
+        max_requests: u64,
+        wakeup_fd: i32,
+    ) -> PyResult<()> {
+        REQUEST_LIMIT.store(max_requests, std::sync::atomic::Ordering::Relaxed);
         let listeners = self
             .listeners
             .lock()
@@ -106,10 +141,17 @@ impl PyServer {
             return Ok(());
         }
         let loggers = Arc::new(Loggers::new(py)?);
+        let _signals = (wakeup_fd >= 0)
+            .then(|| SignalWaker::start(wakeup_fd, self.control.clone()))
+            .transpose()
+            .map_err(|e| PyOSError::new_err(e.to_string()))?;
         let (pool, running) = self.start(py, listeners, &loggers)?;
-        let outcome = self.serve_until_stopped(py, &loggers);
+        let outcome = self.serve_until_stopped(py, &loggers, tick.as_ref());
         self.shut_down(py, running, pool, &loggers);
-        outcome
+        match loggers.take_interrupt() {
+            Some(err) if outcome.is_ok() => Err(err),
+            _ => outcome,
+        }
     }
 
     /// Asks `run()` to stop; safe from any thread, and before `run()`.
@@ -157,13 +199,25 @@ impl PyServer {
         }
     }
 
-    /// Blocks (GIL released) until `close()` or a signal handler raises; on the main
-    /// thread it wakes every `SIGNAL_POLL` to let Python run its signal handlers.
-    fn serve_until_stopped(&self, py: Python<'_>, loggers: &Loggers) -> PyResult<()> {
-        let poll = is_main_thread(py)?.then_some(SIGNAL_POLL);
+    /// Blocks (GIL released) until `close()`, a signal handler or `tick` raises; on
+    /// the main thread, or with a `tick`, it wakes every `SIGNAL_POLL` to let Python run
+    /// its signal handlers and the tick.
+    fn serve_until_stopped(
+        &self,
+        py: Python<'_>,
+        loggers: &Loggers,
+        tick: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<()> {
+        let poll = (tick.is_some() || is_main_thread(py)?).then_some(SIGNAL_POLL);
         loop {
+            if let Some(tick) = tick {
+                tick.call0()?;
+            }
             py.detach(|| self.control.wait(poll));
             self.control.flush_logs(py, loggers);
+            if let Some(err) = loggers.take_interrupt() {
+                return Err(err);
+            }
             if self.control.close_requested() {
                 return Ok(());
             }
@@ -228,7 +282,7 @@ impl PyServer {
             let slice = (deadline - now).min(SIGNAL_POLL);
             open = py.detach(|| running.wait_for_connections(slice));
             self.control.flush_logs(py, loggers);
-            if py.check_signals().is_err() {
+            if loggers.take_interrupt().is_some() || py.check_signals().is_err() {
                 // A second interrupt: stop waiting.
                 break;
             }

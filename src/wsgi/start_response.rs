@@ -13,6 +13,7 @@ use pyo3::types::{PyBytes, PyString};
 use smallvec::SmallVec;
 
 use super::log::Loggers;
+use super::pool::past_request_limit;
 use crate::http::encoder::{BodyEncoder, Ending};
 use crate::http::request::{is_tchar, Version};
 use crate::http::response::{
@@ -208,7 +209,9 @@ impl ResponseState {
         let framing = Framing::decide(FramingInput {
             version: self.facts.version,
             head_request: self.facts.head_request,
-            client_keep_alive: self.facts.client_keep_alive && !self.conn.server_closing(),
+            client_keep_alive: self.facts.client_keep_alive
+                && !self.conn.server_closing()
+                && !past_request_limit(),
             status: self.code,
             content_length: self.content_length,
         });

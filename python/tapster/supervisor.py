@@ -1,0 +1,691 @@
+"""Worker processes and their supervisor (`workers` > 1, or `max_requests`,
+`max_worker_memory` or `reload`).
+
+The supervisor binds every listener once, then forks the workers, which inherit them
+and run the engine. It replaces a worker that dies (backing off when they keep failing
+at start-up, and giving up when none serves), recycles one past `max_requests` or
+`max_worker_memory` (the replacement is accepting before the old one drains), reloads
+them all on SIGHUP or a changed file (new ones up before the old ones drain), adds and
+removes one on SIGTTIN/SIGTTOU, and drains them all on SIGTERM or SIGINT.
+
+It is outside the request path and holds no engine and no threads, so a fork copies a
+single thread; it imports the application only with `preload`. Workers tell it things
+over a pipe, one line each: `ready`, `retire N` (max_requests), `changed PATH`.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import os
+import random
+import select
+import signal
+import socket
+import sys
+import time
+from dataclasses import dataclass
+from types import FrameType
+from typing import Any, Callable, NoReturn
+
+from tapster import _tapster
+from tapster.adjustments import Adjustments
+from tapster.process import Notifier, flush_std_streams, pidfile
+from tapster.server import (
+    WSGIApp,
+    _Listener,
+    bind_listeners,
+    engine_config,
+    raise_fd_limit,
+    server_for,
+)
+
+logger = logging.getLogger("tapster")
+
+#: A worker's exit status when the application or the server could not start.
+BOOT_FAILED = 3
+#: Start-up failures in a row after which the supervisor gives up, when no worker serves.
+MAX_BOOT_FAILURES = 5
+#: The wait before retrying after a start-up failure, doubled each time up to BACKOFF_MAX.
+BACKOFF_FIRST = 0.5
+BACKOFF_MAX = 8.0
+#: How often worker memory is checked.
+MEMORY_EVERY = 1.0
+#: How long past `shutdown_timeout` a draining worker has before it is killed.
+KILL_GRACE = 2.0
+PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
+
+
+class State(enum.Enum):
+    STARTING = "starting"  # forked, not accepting yet
+    SERVING = "serving"
+    RETIRING = "retiring"  # serving while its replacement starts
+    DRAINING = "draining"  # told to stop
+
+
+class Phase(enum.Enum):
+    RUNNING = "running"
+    DRAINING = "draining"  # SIGTERM or a first SIGINT
+    STOPPING = "stopping"  # a second SIGINT
+
+
+@dataclass
+class Worker:
+    pid: int
+    pipe: int
+    slot: int
+    #: The worker this one takes over from once it is ready.
+    replaces: int | None
+    state: State = State.STARTING
+    kill_at: float = 0.0
+    pending: bytes = b""
+
+
+@dataclass
+class Spawn:
+    """A worker to start once `at` has come."""
+
+    at: float
+    slot: int
+    replaces: int | None
+
+
+class SlotSockets:
+    """With `reuse_port`, each worker slot's own SO_REUSEPORT socket per TCP address
+    (slot 0 has the ones first bound); every other listener is shared by all workers."""
+
+    def __init__(self, adj: Adjustments, listeners: list[_Listener]) -> None:
+        self.adj = adj
+        self.first = listeners
+        self.extra: dict[int, list[_Listener]] = {}
+
+    def _spread(self, lst: _Listener) -> bool:
+        return self.adj.reuse_port and lst.kind == "tcp" and lst.sharing == "owned"
+
+    def for_slot(self, slot: int) -> list[_Listener]:
+        """The listeners the worker in `slot` serves, as it should treat them."""
+        if slot and slot not in self.extra:
+            self.extra[slot] = [
+                _reuse_port_twin(lst, self.adj.backlog) for lst in self.first if self._spread(lst)
+            ]
+        own = iter(self.extra.get(slot, []))
+        result = []
+        for lst in self.first:
+            if self._spread(lst):
+                chosen = lst if slot == 0 else next(own)
+                result.append(_Listener(chosen.socket, "tcp", "inherited"))
+            else:
+                result.append(_Listener(lst.socket, lst.kind, "workers"))
+        return result
+
+    def close_others(self, kept: list[_Listener]) -> None:
+        """In a worker: closes the other slots' sockets, so that a slot the supervisor
+        closes stops receiving connections."""
+        mine = {lst.socket.fileno() for lst in kept}
+        for group in self.extra.values():
+            for lst in group:
+                if lst.socket.fileno() not in mine:
+                    lst.socket.close()
+        for lst in self.first:
+            if self._spread(lst) and lst.socket.fileno() not in mine:
+                lst.socket.close()
+
+    def close_slot(self, slot: int) -> None:
+        for lst in self.extra.pop(slot, []):
+            lst.socket.close()
+
+    def stop_listening(self) -> None:
+        """New connections are refused from now on (sockets others own are left)."""
+        for lst in self.first + [x for group in self.extra.values() for x in group]:
+            if lst.sharing == "owned":
+                try:
+                    lst.socket.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+
+def _reuse_port_twin(lst: _Listener, backlog: int) -> _Listener:
+    """Another SO_REUSEPORT socket bound to `lst`'s address."""
+    sock = socket.socket(lst.socket.family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if sock.family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind(lst.socket.getsockname())
+        sock.listen(backlog)
+    except BaseException:
+        sock.close()
+        raise
+    return _Listener(sock, "tcp")
+
+
+class Supervisor:
+    def __init__(
+        self,
+        adj: Adjustments,
+        listeners: list[_Listener],
+        app: WSGIApp | None,
+        load: Callable[[], WSGIApp],
+    ) -> None:
+        self.adj = adj
+        self.config = engine_config(adj)
+        self.sockets = SlotSockets(adj, listeners)
+        self.app = app
+        self.load = load
+        self.notifier = Notifier.from_environment()
+        self.target = adj.workers
+        self.workers: dict[int, Worker] = {}
+        self.spawns: list[Spawn] = []
+        self.phase = Phase.RUNNING
+        self.boot_failures = 0
+        #: The workers a reload still has to replace, while one runs.
+        self.reloading: set[int] = set()
+        self.reload_active = False
+        self.announced = False
+        self.exit_status = 0
+        self.signals: list[int] = []
+        self.pid = os.getpid()
+        self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self.next_memory_check = 0.0
+
+    # --- the loop ---------------------------------------------------------------------------
+
+    def run(self) -> int:
+        """Supervises until the workers have drained; returns the exit status."""
+        self._install_signals()
+        logger.info("Supervisor %d: starting %d worker(s)", self.pid, self.target)
+        for slot in range(self.target):
+            self._spawn(slot, None)
+        while self.workers or self.phase is Phase.RUNNING:
+            self._wait()
+            self._handle_signals()
+            self._reap()
+            if self.phase is Phase.RUNNING:
+                self._start_due_spawns()
+                self._check_memory()
+            self._kill_overdue()
+        logger.info("Server stopped")
+        return self.exit_status
+
+    def _wait(self) -> None:
+        timeout = 0.2 if self.spawns or self.phase is not Phase.RUNNING else MEMORY_EVERY
+        pipes = [w.pipe for w in self.workers.values()]
+        try:
+            readable, _, _ = select.select([self.wake_r, *pipes], [], [], timeout)
+        except InterruptedError:  # pragma: no cover - PEP 475 retries
+            return
+        for fd in readable:
+            if fd == self.wake_r:
+                _drain_pipe(fd)
+            else:
+                self._read_worker(fd)
+
+    # --- signals ----------------------------------------------------------------------------
+
+    def _install_signals(self) -> None:
+        signal.set_wakeup_fd(self.wake_w, warn_on_full_buffer=False)
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU, signal.SIGCHLD):
+            signal.signal(sig, self._on_signal)
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        self.signals.append(signum)
+
+    def _handle_signals(self) -> None:
+        while self.signals:
+            sig = self.signals.pop(0)
+            if sig in (signal.SIGTERM, signal.SIGINT):
+                self._begin_drain(sig)
+            elif self.phase is not Phase.RUNNING:
+                continue
+            elif sig == signal.SIGHUP:
+                self._reload("SIGHUP")
+            elif sig == signal.SIGTTIN:
+                self._add_worker()
+            elif sig == signal.SIGTTOU:
+                self._remove_worker()
+
+    def _begin_drain(self, sig: int) -> None:
+        if self.phase is Phase.RUNNING:
+            self.phase = Phase.DRAINING
+            logger.info("Shutting down: no longer accepting connections")
+            self.notifier.send("STOPPING=1", "STATUS=Stopping")
+            self.spawns.clear()
+            for worker in list(self.workers.values()):
+                self._drain(worker)
+            self.sockets.stop_listening()
+        elif self.phase is Phase.DRAINING and sig == signal.SIGINT:
+            self.phase = Phase.STOPPING
+            logger.info("Second interrupt: stopping the workers at once")
+            for worker in self.workers.values():
+                _kill(worker.pid, signal.SIGINT)
+                worker.kill_at = min(worker.kill_at, time.monotonic() + KILL_GRACE)
+
+    # --- workers ----------------------------------------------------------------------------
+
+    def _spawn(self, slot: int, replaces: int | None) -> None:
+        try:
+            listeners = self.sockets.for_slot(slot)
+        except OSError as exc:
+            logger.error("Could not bind the sockets of a new worker: %s", exc)
+            return
+        read_end, write_end = os.pipe2(os.O_CLOEXEC)
+        _flush_output()
+        pid = os.fork()
+        if pid == 0:
+            os.close(read_end)
+            self._become_worker(write_end, listeners)
+        os.close(write_end)
+        os.set_blocking(read_end, False)
+        self.workers[pid] = Worker(pid, read_end, slot, replaces)
+        logger.info("Worker %d started", pid)
+
+    def _become_worker(self, pipe: int, listeners: list[_Listener]) -> NoReturn:
+        for fd in [self.wake_r, self.wake_w] + [w.pipe for w in self.workers.values()]:
+            os.close(fd)
+        signal.set_wakeup_fd(-1)
+        for sig in (signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU):
+            signal.signal(sig, signal.SIG_IGN)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        status = BOOT_FAILED
+        try:
+            self.sockets.close_others(listeners)
+            status = run_worker(self, pipe, listeners)
+        finally:
+            # Nothing of the supervisor's may run in a worker, whatever happened.
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(sig, signal.SIG_IGN)
+            _flush_output()
+            os._exit(status)
+
+    def _start_due_spawns(self) -> None:
+        """Starts the spawns whose time has come."""
+        now = time.monotonic()
+        for spawn in [s for s in self.spawns if s.at <= now]:
+            self.spawns.remove(spawn)
+            replaces = spawn.replaces if spawn.replaces in self.workers else None
+            self._spawn(spawn.slot, replaces)
+
+    def _read_worker(self, fd: int) -> None:
+        worker = next((w for w in self.workers.values() if w.pipe == fd), None)
+        if worker is None:
+            return
+        try:
+            data = os.read(fd, 4096)
+        except BlockingIOError:
+            return
+        if not data:
+            return
+        worker.pending += data
+        *lines, worker.pending = worker.pending.split(b"\n")
+        for line in lines:
+            self._message(worker, line.decode("utf-8", "replace"))
+
+    def _message(self, worker: Worker, line: str) -> None:
+        word, _, rest = line.partition(" ")
+        if word == "ready":
+            self._ready(worker)
+        elif word == "retire" and self.phase is Phase.RUNNING:
+            self._replace(worker, f"max_requests: {rest} requests served")
+        elif word == "changed" and self.phase is Phase.RUNNING and not self.reload_active:
+            self._reload(f"{rest} changed")
+
+    def _ready(self, worker: Worker) -> None:
+        if worker.state is not State.STARTING:
+            return
+        worker.state = State.SERVING
+        self.boot_failures = 0
+        logger.info("Worker %d ready", worker.pid)
+        if self.phase is not Phase.RUNNING:
+            self._drain(worker)
+            return
+        old = self.workers.get(worker.replaces) if worker.replaces else None
+        if old is not None and old.state is State.RETIRING:
+            self._drain(old)
+        self._reload_done()
+        if not self.announced and self._serving() >= self.target:
+            self.announced = True
+            self.notifier.send("READY=1", f"STATUS={self._status()}", f"MAINPID={self.pid}")
+
+    def _replace(self, worker: Worker, reason: str, overlap: bool = False) -> None:
+        """Starts `worker`'s replacement. `worker` drains at once when other workers
+        serve meanwhile (so a limit is kept closely), else, or with `overlap`, once its
+        replacement accepts (so there is never a moment with no worker accepting)."""
+        if worker.state is not State.SERVING:
+            return
+        logger.info("Replacing worker %d (%s)", worker.pid, reason)
+        others = self._serving() - 1
+        if others > 0 and not overlap and not self.adj.reuse_port:
+            self._drain(worker)
+            self._spawn(worker.slot, None)
+            return
+        worker.state = State.RETIRING
+        self._spawn(worker.slot, worker.pid)
+
+    def _drain(self, worker: Worker) -> None:
+        if worker.state is State.DRAINING:
+            return
+        worker.state = State.DRAINING
+        worker.kill_at = time.monotonic() + self.adj.shutdown_timeout + KILL_GRACE
+        _kill(worker.pid, signal.SIGTERM)
+
+    def _serving(self) -> int:
+        return sum(w.state in (State.SERVING, State.RETIRING) for w in self.workers.values())
+
+    def _status(self) -> str:
+        return f"{self._serving()} worker(s) serving"
+
+    # --- deaths -------------------------------------------------------------------------------
+
+    def _reap(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            worker = self.workers.pop(pid, None)
+            if worker is not None:
+                os.close(worker.pipe)
+                self._died(worker, status)
+
+    def _died(self, worker: Worker, status: int) -> None:
+        how = _describe(status)
+        expected = worker.state in (State.DRAINING, State.RETIRING) and status == 0
+        logger.log(logging.INFO if expected else logging.WARNING, "Worker %d %s", worker.pid, how)
+        if worker.slot >= self.target and worker.state is State.DRAINING:
+            self.sockets.close_slot(worker.slot)
+        if self.phase is not Phase.RUNNING or worker.state is State.DRAINING:
+            self._reload_done()
+            return
+        if worker.state is State.STARTING:
+            self._boot_failed(worker, how)
+            return
+        # It was serving: a replacement may be starting already.
+        successors = [w for w in self.workers.values() if w.replaces == worker.pid]
+        for successor in successors:
+            successor.replaces = None
+        if successors:
+            self._reload_done()
+            return
+        logger.info("Replacing worker %d (it exited)", worker.pid)
+        self._spawn(worker.slot, None)
+
+    def _boot_failed(self, worker: Worker, how: str) -> None:
+        self.boot_failures += 1
+        if self.boot_failures >= MAX_BOOT_FAILURES:
+            if not self._serving():
+                logger.error(
+                    "Workers failed at start-up %d times in a row (the last %s); giving up",
+                    self.boot_failures, how,
+                )
+                self.phase = Phase.DRAINING
+                self.exit_status = 1
+                return
+            if worker.replaces is not None:
+                self._abandon_replacement(worker)
+                return
+        delay = min(BACKOFF_FIRST * 2 ** (self.boot_failures - 1), BACKOFF_MAX)
+        logger.warning("Worker %d failed at start-up; starting another in %.1f s", worker.pid, delay)
+        self.spawns.append(Spawn(time.monotonic() + delay, worker.slot, worker.replaces))
+
+    def _abandon_replacement(self, worker: Worker) -> None:
+        old = self.workers.get(worker.replaces) if worker.replaces else None
+        if old is not None and old.state is State.RETIRING:
+            old.state = State.SERVING
+            logger.error(
+                "Could not start a replacement for worker %d (failed at start-up %d times); "
+                "it keeps serving", old.pid, self.boot_failures,
+            )
+            self._reload_done()
+        self.boot_failures = 0
+
+    # --- reload, more and fewer workers, memory -------------------------------------------------
+
+    def _reload(self, why: str) -> None:
+        if self.reload_active:
+            return
+        current = [w for w in self.workers.values() if w.state is State.SERVING]
+        logger.info("Reloading (%s): starting %d new worker(s)", why, len(current))
+        self.notifier.send(
+            "RELOADING=1", f"MONOTONIC_USEC={time.monotonic_ns() // 1000}", "STATUS=Reloading"
+        )
+        self.reloading = {w.pid for w in current}
+        self.reload_active = True
+        for worker in current:
+            self._replace(worker, f"reload: {why}", overlap=True)
+        self._reload_done()
+
+    def _reload_done(self) -> None:
+        """Ends the reload once every old worker has been replaced (it drains) or kept
+        (its replacement could not start)."""
+        self.reloading = {
+            pid for pid in self.reloading
+            if pid in self.workers and self.workers[pid].state is State.RETIRING
+        }
+        if self.reload_active and not self.reloading:
+            self.reload_active = False
+            logger.info("Reload complete: %s", self._status())
+            self.notifier.send("READY=1", f"STATUS={self._status()}")
+
+    def _add_worker(self) -> None:
+        self.target += 1
+        logger.info("Adding a worker: %d now", self.target)
+        self._spawn(self._free_slot(), None)
+
+    def _remove_worker(self) -> None:
+        if self.target <= 1:
+            logger.info("Not removing a worker: %d is the least", self.target)
+            return
+        self.target -= 1
+        logger.info("Removing a worker: %d now", self.target)
+        live = [w for w in self.workers.values() if w.state is not State.DRAINING]
+        victim = max(live, key=lambda w: (w.slot, w.pid), default=None)
+        if victim is not None:
+            self._drain(victim)
+            if victim.slot >= self.target:
+                self.sockets.close_slot(victim.slot)
+
+    def _free_slot(self) -> int:
+        used = {w.slot for w in self.workers.values() if w.state is not State.DRAINING}
+        return next(slot for slot in range(len(used) + 1) if slot not in used)
+
+    def _check_memory(self) -> None:
+        limit = self.adj.max_worker_memory
+        now = time.monotonic()
+        if not limit or now < self.next_memory_check:
+            return
+        self.next_memory_check = now + MEMORY_EVERY
+        for worker in list(self.workers.values()):
+            rss = rss_mib(worker.pid)
+            if worker.state is State.SERVING and rss > limit:
+                self._replace(worker, f"max_worker_memory: {rss:.0f} MiB over {limit} MiB")
+
+    def _kill_overdue(self) -> None:
+        now = time.monotonic()
+        for worker in self.workers.values():
+            if worker.state is State.DRAINING and worker.kill_at and now >= worker.kill_at:
+                logger.warning("Worker %d did not stop in time; killing it", worker.pid)
+                _kill(worker.pid, signal.SIGKILL)
+                worker.kill_at = 0.0
+
+
+# --- the worker's side ------------------------------------------------------------------------
+
+
+class Draining:
+    """A worker's SIGTERM and SIGINT: the first starts the drain; later SIGTERMs are
+    ignored, and a later SIGINT stops it at once."""
+
+    def __init__(self) -> None:
+        self.started = False
+
+    def __call__(self, signum: int, frame: FrameType | None) -> None:
+        if not self.started:
+            self.started = True
+            raise SystemExit(0)
+        if signum == signal.SIGINT:
+            raise KeyboardInterrupt
+
+
+class WorkerTick:
+    """Called by the engine once the worker accepts, then about every 100 ms: tells the
+    supervisor it is ready, that it reached `max_requests`, or that a file changed;
+    stops the worker when the supervisor has gone."""
+
+    def __init__(self, pipe: int, parent: int, max_requests: int, watcher: Any) -> None:
+        self.pipe = pipe
+        self.parent = parent
+        self.limit = max_requests
+        self.watcher = watcher
+        self.said_ready = False
+        self.said_retire = False
+
+    def __call__(self) -> None:
+        if not self.said_ready:
+            self.said_ready = self._tell("ready")
+        if os.getppid() != self.parent:
+            logger.warning("Worker %d: the supervisor has gone; stopping", os.getpid())
+            raise SystemExit(0)
+        if self.limit and not self.said_retire:
+            served = _tapster.stats()["requests"]
+            if served >= self.limit:
+                self.said_retire = self._tell(f"retire {served}")
+        if self.watcher is not None:
+            for path in self.watcher.changed():
+                self._tell(f"changed {path}")
+                break
+
+    def _tell(self, line: str) -> bool:
+        try:
+            os.write(self.pipe, line.encode("utf-8", "replace") + b"\n")
+        except OSError:
+            return False
+        return True
+
+
+def run_worker(sup: Supervisor, pipe: int, listeners: list[_Listener]) -> int:
+    """A worker's life after the fork: the application (imported now unless
+    preloaded), the engine on the inherited listeners, until drained. Returns the exit
+    status."""
+    draining = Draining()
+    signal.signal(signal.SIGTERM, draining)
+    signal.signal(signal.SIGINT, draining)
+    try:
+        app = sup.app if sup.app is not None else sup.load()
+        server = server_for(app, sup.adj, sup.config, listeners)
+    except SystemExit as exc:
+        if draining.started:  # told to stop while starting
+            return 0
+        return exc.code if isinstance(exc.code, int) and exc.code else BOOT_FAILED
+    except BaseException as exc:  # noqa: BLE001 - whatever the import raised
+        logger.error("Worker %d could not start: %s", os.getpid(), _one_line(exc), exc_info=exc)
+        return BOOT_FAILED
+    limit = sup.adj.max_requests
+    if limit and sup.adj.max_requests_jitter:
+        limit += random.randint(0, sup.adj.max_requests_jitter)
+    watcher = watch_imported_files() if sup.adj.reload else None
+    try:
+        server.run(tick=WorkerTick(pipe, sup.pid, limit, watcher), max_requests=limit)
+    except SystemExit:
+        pass
+    return 0
+
+
+def watch_imported_files() -> Any:
+    """An inotify watch on the Python files the worker has imported, outside the
+    standard library and site-packages."""
+    import sysconfig
+
+    skipped = tuple(
+        os.path.realpath(p) + os.sep
+        for key in ("stdlib", "platstdlib", "purelib", "platlib")
+        if (p := sysconfig.get_paths().get(key))
+    )
+    files = set()
+    for module in list(sys.modules.values()):
+        path = getattr(module, "__file__", None)
+        if path and path.endswith(".py"):
+            real = os.path.realpath(path)
+            if not real.startswith(skipped) and os.path.exists(real):
+                files.add(real)
+    return _tapster.FileWatcher(sorted(files))
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+
+
+# --- small things -----------------------------------------------------------------------------
+
+
+def _describe(status: int) -> str:
+    if os.WIFSIGNALED(status):
+        sig = os.WTERMSIG(status)
+        try:
+            name = signal.Signals(sig).name
+        except ValueError:
+            name = f"signal {sig}"
+        return f"was killed by {name}"
+    return f"exited with status {os.waitstatus_to_exitcode(status)}"
+
+
+def _kill(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def rss_mib(pid: int) -> float:
+    """A process's resident memory in MiB (0 if it has gone)."""
+    try:
+        with open(f"/proc/{pid}/statm") as f:
+            return int(f.read().split()[1]) * PAGE_SIZE / 2**20
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
+def _drain_pipe(fd: int) -> None:
+    try:
+        while os.read(fd, 4096):
+            pass
+    except BlockingIOError:
+        pass
+
+
+def _flush_output() -> None:
+    """Flushes what a fork would otherwise copy into the child's buffers too."""
+    for handler in logging.getLogger().handlers + logger.handlers:
+        handler.flush()
+    flush_std_streams()
+
+
+def serve_workers(
+    kw: dict[str, Any],
+    app: WSGIApp | None,
+    load: Callable[[], WSGIApp],
+    after_bind: Callable[[Adjustments], None] | None = None,
+) -> int:
+    """Binds the listeners, then supervises the workers until they have drained.
+    `app` is the application when it exists already (`serve(app, ...)`, preload),
+    else each worker calls `load`. Returns the exit status (1: workers kept failing
+    at start-up)."""
+    adj = Adjustments(**kw)
+    engine_config(adj)  # a bad value is refused before anything is bound
+    raise_fd_limit(2 * adj.connection_limit + 256, adj.connection_limit)
+    listeners = bind_listeners(adj)
+    if after_bind is not None:
+        after_bind(adj)
+    if app is None and adj.preload:
+        app = load()
+    for lst in listeners:
+        host = f"[{lst.effective_host}]" if ":" in lst.effective_host else lst.effective_host
+        logger.info("Serving on http://%s:%s", host, lst.effective_port)
+    supervisor = Supervisor(adj, listeners, app, load)
+    for slot in range(adj.workers):
+        supervisor.sockets.for_slot(slot)  # with reuse_port, every socket bound now
+    with pidfile(adj.pidfile):
+        return supervisor.run()
