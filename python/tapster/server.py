@@ -107,8 +107,18 @@ def _bind_unix(adj: Adjustments) -> socket.socket:
 def _adopt(adj: Adjustments, sock: socket.socket, sharing: str = "owned") -> _Listener:
     if sock.type != socket.SOCK_STREAM:
         raise ValueError("Only SOCK_STREAM sockets are supported")
-    if sharing == "owned" or not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+    if sharing == "owned":
         sock.listen(adj.backlog)
+    elif not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+        # An inherited socket must at least be bound: listen() on an unbound one
+        # would pick a random port on every interface.
+        name = sock.getsockname()
+        if not name or (isinstance(name, tuple) and name[1] == 0):
+            raise ValueError("it is not bound to an address")
+        try:
+            sock.listen(adj.backlog)
+        except OSError as exc:
+            raise ValueError(f"it cannot listen ({exc.strerror or exc}; a connected socket?)") from None
     kind = "unix" if sock.family == getattr(socket, "AF_UNIX", None) else "tcp"
     return _Listener(sock, kind, sharing)
 
@@ -120,10 +130,16 @@ def _inherit(adj: Adjustments, fd: int, where: str) -> _Listener:
     except OSError as exc:
         raise ValueError(f"{where}: descriptor {fd} is not a socket ({exc.strerror or exc})") from None
     try:
-        return _adopt(adj, sock, "inherited")
-    except ValueError:
+        if sock.type != socket.SOCK_STREAM:
+            raise ValueError("it is not a stream socket")
+        listener = _adopt(adj, sock, "inherited")
+    except (ValueError, OSError) as exc:
         sock.detach()
-        raise ValueError(f"{where}: descriptor {fd} is not a stream socket") from None
+        raise ValueError(f"{where}: descriptor {fd}: {exc}") from None
+    # Not passed on to what the application runs (os.system, subprocess): a leaked
+    # copy would keep the port open after the service stops.
+    os.set_inheritable(fd, False)
+    return listener
 
 
 #: The first descriptor systemd passes (SD_LISTEN_FDS_START).
@@ -154,7 +170,12 @@ def bind_listeners(adj: Adjustments, sock: socket.socket | None = None) -> list[
         activated = systemd_sockets()
         for fd, name in activated:
             listeners.append(_inherit(adj, fd, f"systemd socket {name!r}"))
-        listeners.extend(_inherit(adj, fd, f"listen entry fd://{fd}") for fd in adj.listen_fds)
+        seen = {fd for fd, _ in activated}
+        for fd in adj.listen_fds:
+            if fd in seen:
+                raise ValueError(f"listen entry fd://{fd}: descriptor {fd} is given twice")
+            seen.add(fd)
+            listeners.append(_inherit(adj, fd, f"listen entry fd://{fd}"))
         if sock is not None:
             listeners.append(_adopt(adj, sock))
         elif adj.unix_socket and hasattr(socket, "AF_UNIX"):

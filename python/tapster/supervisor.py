@@ -23,6 +23,7 @@ import select
 import signal
 import socket
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from types import FrameType
@@ -54,6 +55,14 @@ MEMORY_EVERY = 1.0
 #: How long past `shutdown_timeout` a draining worker has before it is killed.
 KILL_GRACE = 2.0
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
+#: A worker that dies sooner than this after it became ready counts as failing to
+#: start (for the back-off), so a worker that crashes on its first request cannot
+#: make the supervisor fork in a tight loop.
+SHORT_LIFE = 1.0
+#: The signals the supervisor handles.
+SUPERVISOR_SIGNALS = frozenset(
+    (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU, signal.SIGCHLD)
+)
 
 
 class State(enum.Enum):
@@ -77,6 +86,7 @@ class Worker:
     #: The worker this one takes over from once it is ready.
     replaces: int | None
     state: State = State.STARTING
+    ready_at: float = 0.0
     kill_at: float = 0.0
     pending: bytes = b""
 
@@ -179,9 +189,15 @@ class Supervisor:
         self.spawns: list[Spawn] = []
         self.phase = Phase.RUNNING
         self.boot_failures = 0
+        #: Workers in a row that died within SHORT_LIFE of becoming ready.
+        self.quick_deaths = 0
         #: The workers a reload still has to replace, while one runs.
         self.reloading: set[int] = set()
         self.reload_active = False
+        #: A SIGHUP came during a reload: another one follows it.
+        self.reload_again = False
+        #: Workers SIGTTOU removed that still have to be drained.
+        self.removals = 0
         self.announced = False
         self.exit_status = 0
         self.signals: list[int] = []
@@ -194,7 +210,22 @@ class Supervisor:
     def run(self) -> int:
         """Supervises until the workers have drained; returns the exit status."""
         self._install_signals()
+        try:
+            with pidfile(self.adj.pidfile):
+                return self._supervise()
+        finally:
+            self._restore_signals()
+
+    def _supervise(self) -> int:
         logger.info("Supervisor %d: starting %d worker(s)", self.pid, self.target)
+        if self.app is not None and threading.active_count() > 1:
+            logger.warning(
+                "%d thread(s) besides the main one are running in the supervisor (started "
+                "when the application was imported?); they will not exist in the workers, "
+                "and a lock one of them holds at a fork stays held there: start them "
+                "per worker, or do not preload",
+                threading.active_count() - 1,
+            )
         for slot in range(self.target):
             self._spawn(slot, None)
         while self.workers or self.phase is Phase.RUNNING:
@@ -203,6 +234,8 @@ class Supervisor:
             self._reap()
             if self.phase is Phase.RUNNING:
                 self._start_due_spawns()
+                self._apply_removals()
+                self._note_survivors()
                 self._check_memory()
             self._kill_overdue()
         logger.info("Server stopped")
@@ -224,9 +257,16 @@ class Supervisor:
     # --- signals ----------------------------------------------------------------------------
 
     def _install_signals(self) -> None:
-        signal.set_wakeup_fd(self.wake_w, warn_on_full_buffer=False)
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU, signal.SIGCHLD):
-            signal.signal(sig, self._on_signal)
+        self.previous_wakeup = signal.set_wakeup_fd(self.wake_w, warn_on_full_buffer=False)
+        self.previous_handlers = {sig: signal.signal(sig, self._on_signal) for sig in SUPERVISOR_SIGNALS}
+
+    def _restore_signals(self) -> None:
+        """Leaves the process as it was (serve() returns to its caller)."""
+        for sig, handler in self.previous_handlers.items():
+            signal.signal(sig, handler)
+        signal.set_wakeup_fd(self.previous_wakeup)
+        os.close(self.wake_r)
+        os.close(self.wake_w)
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         self.signals.append(signum)
@@ -263,38 +303,62 @@ class Supervisor:
 
     # --- workers ----------------------------------------------------------------------------
 
-    def _spawn(self, slot: int, replaces: int | None) -> None:
+    def _spawn(self, slot: int, replaces: int | None, retry: bool = True) -> bool:
+        """Forks a worker for `slot`; false (logged, and with `retry` tried again
+        later) if it could not."""
         try:
             listeners = self.sockets.for_slot(slot)
+            read_end, write_end = os.pipe2(os.O_CLOEXEC)
         except OSError as exc:
-            logger.error("Could not bind the sockets of a new worker: %s", exc)
-            return
-        read_end, write_end = os.pipe2(os.O_CLOEXEC)
+            logger.error("Could not start a worker: %s", exc)
+            if retry:
+                self.spawns.append(Spawn(time.monotonic() + BACKOFF_MAX, slot, replaces))
+            return False
         _flush_output()
-        pid = os.fork()
-        if pid == 0:
+        # The supervisor's signals wait until the child has its own handlers: one sent
+        # to it right after the fork is not taken by the supervisor's handler there.
+        signal.pthread_sigmask(signal.SIG_BLOCK, SUPERVISOR_SIGNALS)
+        try:
+            pid = os.fork()
+        except OSError as exc:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, SUPERVISOR_SIGNALS)
             os.close(read_end)
-            self._become_worker(write_end, listeners)
+            os.close(write_end)
+            logger.error("Could not start a worker: %s", exc)
+            if retry:
+                self.spawns.append(Spawn(time.monotonic() + BACKOFF_MAX, slot, replaces))
+            return False
+        if pid == 0:
+            self._become_worker(read_end, write_end, listeners)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, SUPERVISOR_SIGNALS)
         os.close(write_end)
         os.set_blocking(read_end, False)
         self.workers[pid] = Worker(pid, read_end, slot, replaces)
         logger.info("Worker %d started", pid)
+        return True
 
-    def _become_worker(self, pipe: int, listeners: list[_Listener]) -> NoReturn:
-        for fd in [self.wake_r, self.wake_w] + [w.pipe for w in self.workers.values()]:
-            os.close(fd)
-        signal.set_wakeup_fd(-1)
-        for sig in (signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU):
-            signal.signal(sig, signal.SIG_IGN)
-        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    def _become_worker(self, read_end: int, pipe: int, listeners: list[_Listener]) -> NoReturn:
+        """The child's side of `_spawn` (signals blocked on entry). Never returns:
+        nothing of the supervisor's may run in a worker, whatever happens."""
         status = BOOT_FAILED
         try:
-            self.sockets.close_others(listeners)
-            status = run_worker(self, pipe, listeners)
-        finally:
-            # Nothing of the supervisor's may run in a worker, whatever happened.
-            for sig in (signal.SIGTERM, signal.SIGINT):
+            draining = Draining()
+            signal.set_wakeup_fd(-1)
+            signal.signal(signal.SIGTERM, draining)
+            signal.signal(signal.SIGINT, draining)
+            for sig in (signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU):
                 signal.signal(sig, signal.SIG_IGN)
+            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, SUPERVISOR_SIGNALS)
+            for fd in [read_end, self.wake_r, self.wake_w] + [w.pipe for w in self.workers.values()]:
+                os.close(fd)
+            self.sockets.close_others(listeners)
+            status = run_worker(self, pipe, listeners, draining)
+        except SystemExit:
+            # Told to stop (a drain) the moment its signals were unblocked.
+            status = 0
+        finally:
+            signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
             _flush_output()
             os._exit(status)
 
@@ -334,7 +398,7 @@ class Supervisor:
         if worker.state is not State.STARTING:
             return
         worker.state = State.SERVING
-        self.boot_failures = 0
+        worker.ready_at = time.monotonic()
         logger.info("Worker %d ready", worker.pid)
         if self.phase is not Phase.RUNNING:
             self._drain(worker)
@@ -343,7 +407,9 @@ class Supervisor:
         if old is not None and old.state is State.RETIRING:
             self._drain(old)
         self._reload_done()
-        if not self.announced and self._serving() >= self.target:
+        # Ready for systemd once every worker serves, or once one does while another
+        # keeps failing to start (the service does serve).
+        if not self.announced and (self._serving() >= self.target or self.spawns):
             self.announced = True
             self.notifier.send("READY=1", f"STATUS={self._status()}", f"MAINPID={self.pid}")
 
@@ -378,15 +444,15 @@ class Supervisor:
     # --- deaths -------------------------------------------------------------------------------
 
     def _reap(self) -> None:
-        while True:
+        """Collects the workers that exited (only those: a preloaded application's own
+        subprocesses are its to wait for)."""
+        for pid in list(self.workers):
             try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                return
-            if pid == 0:
-                return
-            worker = self.workers.pop(pid, None)
-            if worker is not None:
+                done, status = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:  # pragma: no cover - reaped elsewhere
+                done, status = pid, 0
+            if done:
+                worker = self.workers.pop(pid)
                 os.close(worker.pipe)
                 self._died(worker, status)
 
@@ -410,7 +476,14 @@ class Supervisor:
             self._reload_done()
             return
         logger.info("Replacing worker %d (it exited)", worker.pid)
-        self._spawn(worker.slot, None)
+        if time.monotonic() - worker.ready_at >= SHORT_LIFE:
+            self._spawn(worker.slot, None)
+            return
+        # Dead soon after it started serving: again and again means a worker that
+        # crashes on its first requests, so each replacement waits longer.
+        self.quick_deaths += 1
+        delay = 0.0 if self.quick_deaths == 1 else min(BACKOFF_FIRST * 2 ** (self.quick_deaths - 2), BACKOFF_MAX)
+        self.spawns.append(Spawn(time.monotonic() + delay, worker.slot, None))
 
     def _boot_failed(self, worker: Worker, how: str) -> None:
         self.boot_failures += 1
@@ -445,12 +518,14 @@ class Supervisor:
 
     def _reload(self, why: str) -> None:
         if self.reload_active:
+            self.reload_again = True
             return
         current = [w for w in self.workers.values() if w.state is State.SERVING]
         logger.info("Reloading (%s): starting %d new worker(s)", why, len(current))
-        self.notifier.send(
-            "RELOADING=1", f"MONOTONIC_USEC={time.monotonic_ns() // 1000}", "STATUS=Reloading"
-        )
+        if self.announced:
+            self.notifier.send(
+                "RELOADING=1", f"MONOTONIC_USEC={time.monotonic_ns() // 1000}", "STATUS=Reloading"
+            )
         self.reloading = {w.pid for w in current}
         self.reload_active = True
         for worker in current:
@@ -467,22 +542,42 @@ class Supervisor:
         if self.reload_active and not self.reloading:
             self.reload_active = False
             logger.info("Reload complete: %s", self._status())
-            self.notifier.send("READY=1", f"STATUS={self._status()}")
+            if self.announced:
+                self.notifier.send("READY=1", f"STATUS={self._status()}")
+            if self.reload_again and self.phase is Phase.RUNNING:
+                self.reload_again = False
+                self._reload("SIGHUP during the previous reload")
 
     def _add_worker(self) -> None:
-        self.target += 1
-        logger.info("Adding a worker: %d now", self.target)
-        self._spawn(self._free_slot(), None)
+        if self.removals:
+            self.removals -= 1
+            self.target += 1
+            logger.info("Adding a worker: %d now", self.target)
+            return
+        if self._spawn(self._free_slot(), None, retry=False):
+            self.target += 1
+            logger.info("Adding a worker: %d now", self.target)
 
     def _remove_worker(self) -> None:
         if self.target <= 1:
             logger.info("Not removing a worker: %d is the least", self.target)
             return
         self.target -= 1
+        self.removals += 1
         logger.info("Removing a worker: %d now", self.target)
-        live = [w for w in self.workers.values() if w.state is not State.DRAINING]
-        victim = max(live, key=lambda w: (w.slot, w.pid), default=None)
-        if victim is not None:
+        self._apply_removals()
+
+    def _apply_removals(self) -> None:
+        """Drains the workers SIGTTOU removed, once no reload or replacement is under
+        way (a worker starting in place of another is never the one removed)."""
+        busy = any(w.state in (State.STARTING, State.RETIRING) for w in self.workers.values())
+        while self.removals and not busy:
+            live = [w for w in self.workers.values() if w.state is State.SERVING]
+            if len(live) <= 1:
+                self.removals = 0
+                return
+            victim = max(live, key=lambda w: (w.slot, w.pid))
+            self.removals -= 1
             self._drain(victim)
             if victim.slot >= self.target:
                 self.sockets.close_slot(victim.slot)
@@ -490,6 +585,15 @@ class Supervisor:
     def _free_slot(self) -> int:
         used = {w.slot for w in self.workers.values() if w.state is not State.DRAINING}
         return next(slot for slot in range(len(used) + 1) if slot not in used)
+
+    def _note_survivors(self) -> None:
+        """A worker serving for SHORT_LIFE ends a run of start-up failures."""
+        now = time.monotonic()
+        if (self.boot_failures or self.quick_deaths) and any(
+            w.state is State.SERVING and now - w.ready_at >= SHORT_LIFE for w in self.workers.values()
+        ):
+            self.boot_failures = 0
+            self.quick_deaths = 0
 
     def _check_memory(self) -> None:
         limit = self.adj.max_worker_memory
@@ -565,16 +669,14 @@ class WorkerTick:
         return True
 
 
-def run_worker(sup: Supervisor, pipe: int, listeners: list[_Listener]) -> int:
+def run_worker(sup: Supervisor, pipe: int, listeners: list[_Listener], draining: Draining) -> int:
     """A worker's life after the fork: the application (imported now unless
     preloaded), the engine on the inherited listeners, until drained. Returns the exit
     status."""
-    draining = Draining()
-    signal.signal(signal.SIGTERM, draining)
-    signal.signal(signal.SIGINT, draining)
     try:
         app = sup.app if sup.app is not None else sup.load()
         server = server_for(app, sup.adj, sup.config, listeners)
+        watcher = watch_imported_files() if sup.adj.reload else None
     except SystemExit as exc:
         if draining.started:  # told to stop while starting
             return 0
@@ -582,14 +684,21 @@ def run_worker(sup: Supervisor, pipe: int, listeners: list[_Listener]) -> int:
     except BaseException as exc:  # noqa: BLE001 - whatever the import raised
         logger.error("Worker %d could not start: %s", os.getpid(), _one_line(exc), exc_info=exc)
         return BOOT_FAILED
+    # The engine holds its own duplicates: the worker's copies go now, so that a
+    # socket it stops accepting on (a removed reuse_port slot) closes with the engine's.
+    for lst in listeners:
+        lst.socket.close()
     limit = sup.adj.max_requests
     if limit and sup.adj.max_requests_jitter:
         limit += random.randint(0, sup.adj.max_requests_jitter)
-    watcher = watch_imported_files() if sup.adj.reload else None
+    tick = WorkerTick(pipe, sup.pid, limit, watcher)
     try:
-        server.run(tick=WorkerTick(pipe, sup.pid, limit, watcher), max_requests=limit)
-    except SystemExit:
+        server.run(tick=tick, max_requests=limit)
+    except (SystemExit, KeyboardInterrupt):
         pass
+    except BaseException as exc:  # noqa: BLE001 - the engine could not start or run
+        logger.error("Worker %d failed: %s", os.getpid(), _one_line(exc), exc_info=exc)
+        return 1 if tick.said_ready else BOOT_FAILED
     return 0
 
 
@@ -677,15 +786,30 @@ def serve_workers(
     engine_config(adj)  # a bad value is refused before anything is bound
     raise_fd_limit(2 * adj.connection_limit + 256, adj.connection_limit)
     listeners = bind_listeners(adj)
-    if after_bind is not None:
-        after_bind(adj)
-    if app is None and adj.preload:
-        app = load()
-    for lst in listeners:
-        host = f"[{lst.effective_host}]" if ":" in lst.effective_host else lst.effective_host
-        logger.info("Serving on http://%s:%s", host, lst.effective_port)
-    supervisor = Supervisor(adj, listeners, app, load)
-    for slot in range(adj.workers):
-        supervisor.sockets.for_slot(slot)  # with reuse_port, every socket bound now
-    with pidfile(adj.pidfile):
+    try:
+        supervisor = Supervisor(adj, listeners, None, load)
+        for slot in range(adj.workers):
+            supervisor.sockets.for_slot(slot)  # with reuse_port: bound before privileges go
+        if app is None and adj.preload:
+            app = load()  # before the user switch, as in the single process
+        supervisor.app = app
+        if after_bind is not None:
+            after_bind(adj)
+        for lst in listeners:
+            host = f"[{lst.effective_host}]" if ":" in lst.effective_host else lst.effective_host
+            logger.info("Serving on http://%s:%s", host, lst.effective_port)
         return supervisor.run()
+    finally:
+        supervisor_sockets_close(listeners, adj)
+
+
+def supervisor_sockets_close(listeners: list[_Listener], adj: Adjustments) -> None:
+    """The supervisor's listeners, closed when it is done (a caller's `sockets` are the
+    caller's; inherited ones are let go without closing what systemd owns twice)."""
+    for lst in listeners:
+        if lst.socket in adj.sockets:
+            continue
+        try:
+            lst.socket.close()
+        except OSError:  # pragma: no cover
+            pass

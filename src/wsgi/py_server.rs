@@ -236,7 +236,7 @@ impl PyServer {
             "Shutting down: no longer accepting connections",
         );
         let deadline = Instant::now() + self.config.shutdown_timeout;
-        let open = self.wait_for_connections(py, &running, deadline, loggers);
+        let (open, waited) = self.wait_for_connections(py, &running, deadline, loggers);
         if open > 0 {
             loggers.log(
                 py,
@@ -249,9 +249,12 @@ impl PyServer {
         // Connections go first: dropping one mid-response fails that response, and the
         // still-running pool closes its iterator (`close()` runs for every response).
         py.detach(|| running.stop());
-        let remaining = deadline
-            .saturating_duration_since(Instant::now())
-            .max(Duration::from_millis(100));
+        let remaining = match waited {
+            Waited::Interrupted => Duration::from_millis(100),
+            Waited::Done => deadline
+                .saturating_duration_since(Instant::now())
+                .max(Duration::from_millis(100)),
+        };
         let busy = py.detach(|| pool.shutdown(remaining));
         if busy > 0 {
             loggers.log(
@@ -265,14 +268,14 @@ impl PyServer {
     }
 
     /// Waits until every connection has closed or `deadline` passes (or a second
-    /// interrupt comes); returns how many are still open.
+    /// interrupt comes); returns how many are still open, and why it stopped waiting.
     fn wait_for_connections(
         &self,
         py: Python<'_>,
         running: &server::Running,
         deadline: Instant,
         loggers: &Loggers,
-    ) -> usize {
+    ) -> (usize, Waited) {
         let mut open = 1;
         while open > 0 {
             let now = Instant::now();
@@ -283,12 +286,20 @@ impl PyServer {
             open = py.detach(|| running.wait_for_connections(slice));
             self.control.flush_logs(py, loggers);
             if loggers.take_interrupt().is_some() || py.check_signals().is_err() {
-                // A second interrupt: stop waiting.
-                break;
+                // A second interrupt: stop at once.
+                return (open, Waited::Interrupted);
             }
         }
-        open
+        (open, Waited::Done)
     }
+}
+
+/// How waiting for connections at shutdown ended.
+enum Waited {
+    /// All closed, or the deadline passed.
+    Done,
+    /// A second interrupt: the threads get no more time either.
+    Interrupted,
 }
 
 fn is_main_thread(py: Python<'_>) -> PyResult<bool> {
