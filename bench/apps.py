@@ -53,6 +53,39 @@ file_1m = _file_app("1m.bin")
 file_64m = _file_app("64m.bin")
 
 
+def spin(loops: int) -> int:
+    """Pure-Python work that holds the GIL: `loops` multiply-adds."""
+    total = 0
+    for i in range(loops):
+        total += i * i
+    return total
+
+
+def calibrate(seconds: float = 0.001) -> int:
+    """How many spin() loops take `seconds` of CPU here (best of several tries)."""
+    loops = 20_000
+    best = min(_timed_spin(loops) for _ in range(20))
+    return max(1, round(loops * seconds / best))
+
+
+def _timed_spin(loops: int) -> float:
+    started = time.process_time_ns()
+    spin(loops)
+    return max(1, time.process_time_ns() - started) / 1e9
+
+
+# The harness calibrates once and passes the count to every server, so that all of them
+# do the same work per request; run alone, the module calibrates itself.
+CPU_LOOPS = int(os.environ.get("BENCH_CPU_LOOPS", "0")) or calibrate()
+
+
+def cpu_1ms(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+    """About 1 ms of CPU-bound Python per request (a calibrated loop, not a sleep)."""
+    spin(CPU_LOOPS)
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "13")])
+    return [HELLO]
+
+
 def sleep(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
     time.sleep(0.05)
     start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "13")])

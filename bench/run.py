@@ -7,9 +7,24 @@ MB/s, the server's CPU time (utime+stime of its whole process tree, from /proc) 
 request and per GB, and its peak RSS (sampled, whole tree). Results go to a JSON-lines
 file and a Markdown table with every figure also given as a ratio to Tapster's.
 
-    make bench                                  # everything (about 20 minutes)
+The `-w2` scenarios run the servers that have worker processes (Tapster `--workers 2`,
+Gunicorn `-w 2 -k gthread`, Granian `--workers 2`) with two workers each. A machine
+with two cores has no core to spare for the client there: the server's whole tree
+and wrk (still one thread) may all run on both CPUs, and the kernel shares them out.
+Every server meets the same client, but wrk's CPU comes out of the server's share, so
+a server that spends less per request leaves wrk more and gets more requests;
+requests/s at hello-c64-w2 is bound by the client as much as by the server, and CPU per
+request (the whole tree: supervisor or arbiter included) is the figure to compare.
+cpu-1ms-c16-w2 (about 1 ms of Python per request, a loop calibrated once by the harness
+and passed to every server in BENCH_CPU_LOOPS, so all do the same work) is where the
+second worker counts: wrk needs little there, and the GIL-bound work can use both
+cores only in two processes. Under each -w2 table, each worker's CPU seconds in the
+measured run show how the keep-alive connections were shared out among the workers.
+
+    make bench                                  # everything (about 22 minutes)
     make bench BENCH_ARGS="--quick"             # 3 s runs
     make bench BENCH_ARGS="--servers tapster,granian --scenarios hello-c64"
+    make bench BENCH_ARGS="--servers tapster --scenarios cpu-1ms-c16-w2 --tapster-args=--reuse-port"
 """
 
 from __future__ import annotations
@@ -40,6 +55,7 @@ BIN = os.path.dirname(PY)
 FILES = os.environ.get("BENCH_FILES", "/tmp/tapster-bench-files")
 SERVER_CPU = "0"
 CLIENT_CPU = "1"
+SHARED_CPUS = "0,1"
 PORT = 19080
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -56,6 +72,15 @@ class Scenario:
     slow_clients: int = 0
     nginx_path: str | None = None  # nginx serves only hello and files
     is_file: bool = False
+    workers: int = 1  # above 1: only the servers with worker processes; no pinning
+
+    @property
+    def server_cpus(self) -> str:
+        return SERVER_CPU if self.workers == 1 else SHARED_CPUS
+
+    @property
+    def client_cpus(self) -> str:
+        return CLIENT_CPU if self.workers == 1 else SHARED_CPUS
 
     def path_for(self, server: str) -> str:
         return self.nginx_path if server == "nginx" and self.nginx_path else self.path
@@ -71,6 +96,8 @@ SCENARIOS = [
     Scenario("file-64m", "file_64m", 4, nginx_path="/files/64m.bin", is_file=True),
     Scenario("sleep-50ms-t8", "sleep", 64, threads=8),
     Scenario("hello-200-slow-clients", "hello", 64, slow_clients=200, nginx_path="/"),
+    Scenario("hello-c64-w2", "hello", 64, workers=2),
+    Scenario("cpu-1ms-c16-w2", "cpu_1ms", 16, workers=2),
 ]
 
 
@@ -82,11 +109,16 @@ class Server:
     supports: Callable[[Scenario], bool] = lambda s: True
 
 
+TAPSTER_ARGS: list[str] = []  # --tapster-args: extra options, e.g. --reuse-port
+
+
 def tapster_cmd(s: Scenario, port: int) -> list[str]:
     cmd = [PY, "-m", "tapster", f"--listen=127.0.0.1:{port}"]
+    if s.workers > 1:
+        cmd.append(f"--workers={s.workers}")
     if s.threads:
         cmd.append(f"--threads={s.threads}")
-    return cmd + [f"apps:{s.app}"]
+    return cmd + TAPSTER_ARGS + [f"apps:{s.app}"]
 
 
 def waitress_cmd(s: Scenario, port: int) -> list[str]:
@@ -98,7 +130,7 @@ def waitress_cmd(s: Scenario, port: int) -> list[str]:
 
 def gunicorn_cmd(s: Scenario, port: int) -> list[str]:
     return [
-        os.path.join(BIN, "gunicorn"), "-k", "gthread", "-w", "1",
+        os.path.join(BIN, "gunicorn"), "-k", "gthread", "-w", str(s.workers),
         "--threads", str(s.threads or 4), "-b", f"127.0.0.1:{port}",
         "--log-level", "warning", f"apps:{s.app}",
     ]
@@ -106,7 +138,7 @@ def gunicorn_cmd(s: Scenario, port: int) -> list[str]:
 
 def granian_cmd(s: Scenario, port: int) -> list[str]:
     cmd = [
-        os.path.join(BIN, "granian"), "--interface", "wsgi", "--workers", "1",
+        os.path.join(BIN, "granian"), "--interface", "wsgi", "--workers", str(s.workers),
         "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning",
     ]
     if s.threads:
@@ -157,14 +189,18 @@ def nginx_cmd(s: Scenario, port: int) -> list[str]:
     return [shutil.which("nginx") or "/usr/sbin/nginx", "-c", conf, "-p", tmp]
 
 
+def one_process(s: Scenario) -> bool:
+    return s.workers == 1
+
+
 SERVERS = [
     Server("tapster", tapster_cmd, "tapster"),
-    Server("waitress", waitress_cmd, "waitress"),
+    Server("waitress", waitress_cmd, "waitress", supports=one_process),
     Server("gunicorn", gunicorn_cmd, "gunicorn"),
     Server("granian", granian_cmd, "granian"),
-    Server("bjoern", bjoern_cmd, "bjoern"),
-    Server("pyruvate", pyruvate_cmd, "pyruvate"),
-    Server("nginx", nginx_cmd, None, supports=lambda s: s.nginx_path is not None),
+    Server("bjoern", bjoern_cmd, "bjoern", supports=one_process),
+    Server("pyruvate", pyruvate_cmd, "pyruvate", supports=one_process),
+    Server("nginx", nginx_cmd, None, supports=lambda s: s.nginx_path is not None and one_process(s)),
 ]
 
 
@@ -250,6 +286,19 @@ def cpu_seconds(pid: int) -> float:
     return total / CLK_TCK
 
 
+def cpu_by_worker(pid: int) -> dict[int, float]:
+    """CPU seconds of each child's subtree (the workers), keyed by the child's pid."""
+    return {child: cpu_seconds(child) for child in tree(pid) if child != pid and parent_of(child) == pid}
+
+
+def parent_of(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[1])
+    except OSError:
+        return 0
+
+
 def rss_bytes(pid: int) -> int:
     total = 0
     for p in tree(pid):
@@ -286,9 +335,9 @@ class PeakRss:
 
 
 @contextlib.contextmanager
-def running(server: Server, scenario: Scenario, port: int) -> Iterator[subprocess.Popen[bytes]]:
-    cmd = ["taskset", "-c", SERVER_CPU, *server.command(scenario, port)]
-    env = dict(os.environ, PYTHONPATH=HERE, BENCH_FILES=FILES)
+def running(server: Server, scenario: Scenario, port: int, cpu_loops: int) -> Iterator[subprocess.Popen[bytes]]:
+    cmd = ["taskset", "-c", scenario.server_cpus, *server.command(scenario, port)]
+    env = dict(os.environ, PYTHONPATH=HERE, BENCH_FILES=FILES, BENCH_CPU_LOOPS=str(cpu_loops))
     log = tempfile.TemporaryFile()
     proc = subprocess.Popen(cmd, cwd=HERE, env=env, stdout=log, stderr=log, start_new_session=True)
     try:
@@ -325,8 +374,8 @@ WRK_LATENCY = re.compile(r"^\s+(50|99)%\s+([\d.]+)(us|ms|s)\s*$", re.M)
 UNITS = {"us": 1e-3, "ms": 1.0, "s": 1000.0}
 
 
-def wrk(url: str, connections: int, seconds: float, lua: str | None) -> dict[str, float]:
-    cmd = ["taskset", "-c", CLIENT_CPU, "wrk", "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--latency", "--timeout", "10s"]
+def wrk(url: str, connections: int, seconds: float, lua: str | None, cpus: str = CLIENT_CPU) -> dict[str, float]:
+    cmd = ["taskset", "-c", cpus, "wrk", "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--latency", "--timeout", "10s"]
     if lua:
         cmd += ["-s", os.path.join(HERE, lua)]
     out = subprocess.run(cmd + [url], capture_output=True, text=True, timeout=seconds + 60).stdout
@@ -369,21 +418,24 @@ def slow_clients(port: int, count: int) -> Iterator[Callable[[], int]]:
         print(f"      slow clients: {out.strip()}", flush=True)
 
 
-def measure(server: Server, scenario: Scenario, seconds: float, warmup: float) -> dict[str, object]:
+def measure(server: Server, scenario: Scenario, seconds: float, warmup: float, cpu_loops: int) -> dict[str, object]:
     port = PORT
     url = f"http://127.0.0.1:{port}{scenario.path_for(server.name)}"
-    with running(server, scenario, port) as proc:
+    with running(server, scenario, port, cpu_loops) as proc:
         rss = PeakRss(proc.pid)
         with slow_clients(port, scenario.slow_clients):
-            wrk(url, scenario.connections, warmup, scenario.lua)
+            wrk(url, scenario.connections, warmup, scenario.lua, scenario.client_cpus)
             cpu_before = cpu_seconds(proc.pid)
-            result = wrk(url, scenario.connections, seconds, scenario.lua)
+            workers_before = cpu_by_worker(proc.pid)
+            result = wrk(url, scenario.connections, seconds, scenario.lua, scenario.client_cpus)
             cpu = cpu_seconds(proc.pid) - cpu_before
+            workers_after = cpu_by_worker(proc.pid)
         peak = rss.stop()
     requests = result["requests"]
     record: dict[str, object] = {
         "server": server.name,
         "scenario": scenario.name,
+        "workers": scenario.workers,
         **result,
         "mb_per_s": result["bytes"] / seconds / 1e6,
         "cpu_s": cpu,
@@ -392,6 +444,12 @@ def measure(server: Server, scenario: Scenario, seconds: float, warmup: float) -
         "cpu_s_per_gb": cpu / (result["bytes"] / 1e9) if result["bytes"] else None,
         "peak_rss_mib": peak / (1 << 20),
     }
+    if scenario.workers > 1:
+        # How the work was shared out: each worker's CPU seconds in the measured run (a
+        # worker that took most keep-alive connections shows here).
+        record["worker_cpu_s"] = sorted(
+            (round(after - workers_before.get(child, 0.0), 2) for child, after in workers_after.items()), reverse=True
+        )
     if not requests:
         record["p50_ms"] = record["p99_ms"] = None
     return record
@@ -411,14 +469,20 @@ def ratio(value: object, base: object) -> str:
     return f" ({value / base:.2f}×)"
 
 
-def markdown(records: list[dict[str, object]], machine: str, versions: dict[str, str], command: str, problems: dict[str, str]) -> str:
+def markdown(records: list[dict[str, object]], machine: str, versions: dict[str, str], command: str, problems: dict[str, str], cpu_loops: int) -> str:
     lines = [
         f"Run {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC on {machine}.",
         f"Command: `{command}`. Versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()) + ".",
         "Server pinned to CPU 0, wrk (1 thread) to CPU 1. Ratios in parentheses are to Tapster's figure in the same run.",
         "CPU is the server's utime+stime (whole process tree) per request, or per GB for files.",
-        "",
     ]
+    if any(s.workers > 1 for s in SCENARIOS if any(r["scenario"] == s.name for r in records)):
+        lines.append(
+            "-w2 scenarios (instead of the pinning above): 2 worker processes (Tapster --workers 2, Gunicorn -w 2 -k gthread, "
+            f"Granian --workers 2); the server's tree and wrk (1 thread) share CPUs {SHARED_CPUS}, unpinned; "
+            f"cpu_1ms spins {cpu_loops} loops per request (about 1 ms)."
+        )
+    lines.append("")
     if problems:
         lines.append("Not measured: " + "; ".join(f"{k}: {v}" for k, v in problems.items()) + ".")
         lines.append("")
@@ -450,6 +514,10 @@ def markdown(records: list[dict[str, object]], machine: str, versions: dict[str,
                     err=errors,
                 )
             )
+        splits = [f"{r['server']} {r['worker_cpu_s']}" for r in rows if "worker_cpu_s" in r]
+        if splits:
+            lines.append("")
+            lines.append("Each worker's CPU seconds in the measured run: " + "; ".join(splits) + ".")
         lines.append("")
     return "\n".join(lines)
 
@@ -464,6 +532,17 @@ def machine_description() -> str:
     return f"{os.cpu_count()} × {model}, Linux {platform.release()}, CPython {platform.python_version()}"
 
 
+def calibrate_cpu_loops() -> int:
+    """The cpu_1ms app's loop count for 1 ms on the server's CPU, worked out once per run
+    so that every server does the same work (BENCH_CPU_LOOPS overrides it)."""
+    if os.environ.get("BENCH_CPU_LOOPS"):
+        return int(os.environ["BENCH_CPU_LOOPS"])
+    code = "import os, apps; os.write(1, str(apps.calibrate()).encode())"
+    env = dict(os.environ, PYTHONPATH=HERE, BENCH_CPU_LOOPS="1")
+    out = subprocess.run(["taskset", "-c", SERVER_CPU, PY, "-c", code], cwd=HERE, env=env, capture_output=True, text=True, check=True)
+    return int(out.stdout)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--servers", default=",".join(s.name for s in SERVERS))
@@ -472,7 +551,9 @@ def main() -> int:
     parser.add_argument("--warmup", type=float, default=2.0)
     parser.add_argument("--quick", action="store_true", help="3 s measured runs, 1 s warm-up")
     parser.add_argument("--out", default=os.path.join(HERE, "results"))
+    parser.add_argument("--tapster-args", default="", help="extra options for Tapster, e.g. --tapster-args=--reuse-port")
     args = parser.parse_args()
+    TAPSTER_ARGS.extend(args.tapster_args.split())
     if args.quick:
         args.duration, args.warmup = 3.0, 1.0
 
@@ -487,6 +568,9 @@ def main() -> int:
     for name in unavailable:
         problems.setdefault(name, "not installed")
 
+    cpu_loops = calibrate_cpu_loops()
+    print(f"cpu_1ms: {cpu_loops} loops per request", flush=True)
+
     os.makedirs(args.out, exist_ok=True)
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     jsonl = os.path.join(args.out, f"{stamp}.jsonl")
@@ -497,7 +581,7 @@ def main() -> int:
             if server.name in unavailable or not server.supports(scenario):
                 continue
             try:
-                record = measure(server, scenario, args.duration, args.warmup)
+                record = measure(server, scenario, args.duration, args.warmup, cpu_loops)
             except Exception as exc:  # a failing peer is reported, not hidden
                 record = {"server": server.name, "scenario": scenario.name, "error": str(exc)[:200]}
             records.append(record)
@@ -509,11 +593,12 @@ def main() -> int:
                 print(
                     f"   {server.name:9} {record['rps']:>10,.0f} req/s  p99 {fmt(record.get('p99_ms'), 2):>7} ms  "
                     f"{record['mb_per_s']:8.1f} MB/s  cpu {fmt(record.get('cpu_us_per_req'), 2):>8} us/req  "
-                    f"rss {record['peak_rss_mib']:6.1f} MiB",
+                    f"rss {record['peak_rss_mib']:6.1f} MiB"
+                    + (f"  workers cpu {record['worker_cpu_s']} s" if "worker_cpu_s" in record else ""),
                     flush=True,
                 )
     command = "python bench/run.py " + " ".join(sys.argv[1:])
-    table = markdown(records, machine_description(), versions, command.strip(), problems)
+    table = markdown(records, machine_description(), versions, command.strip(), problems, cpu_loops)
     md_path = os.path.join(args.out, "latest.md")
     with open(md_path, "w") as f:
         f.write(table + "\n")

@@ -140,7 +140,7 @@ impl ExclusiveGate {
         self.watch.leave();
     }
 
-    /// `accept` found nothing pending: hand the turn back.
+    /// Hands the turn back (after one accept, or when nothing was pending).
     pub fn drained(&mut self) {
         if self.turn == Turn::Holding {
             self.turn = Turn::Waiting;

@@ -427,10 +427,18 @@ impl Source {
             },
             Source::Gate { socket, gate } => loop {
                 gate.readable().await;
+                // One connection per turn, then the turn goes back (to the tail of the
+                // queue): a burst of connections is spread over the idle workers
+                // instead of going to the first one woken.
                 match accept4(socket) {
                     Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(err) if err.kind() == io::ErrorKind::WouldBlock => gate.drained(),
-                    r => return r,
+                    r => {
+                        gate.drained();
+                        if matches!(&r, Err(err) if err.kind() == io::ErrorKind::WouldBlock) {
+                            continue;
+                        }
+                        return r;
+                    }
                 }
             },
         }
