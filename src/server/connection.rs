@@ -809,7 +809,7 @@ mod tests {
         run(async {
             let mut h = connect();
             h.shutdown.trigger();
-            tokio::time::sleep(Duration::from_millis(200)).await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
             h.client
                 .write_all(b"GET /late HTTP/1.1\r\nHost: t\r\n\r\n")
                 .await

@@ -14,8 +14,10 @@ use tokio::sync::Notify;
 /// How long after its accept a connection that has had no request yet may still
 /// deliver its first one once a shutdown has begun. It was accepted to be served (a
 /// worker leaving a shared listener accepts what is pending), and its request may be
-/// on its way; a connection that has been served before is closed at once when idle.
-pub const FIRST_REQUEST_GRACE: Duration = Duration::from_secs(1);
+/// on its way (a client sends it right after the handshake, so within a round trip of
+/// the accept); one silent for longer is an idle preconnection, and a connection that
+/// has been served before is closed at once when idle.
+pub const FIRST_REQUEST_GRACE: Duration = Duration::from_millis(250);
 
 /// Until when a connection accepted at `accepted`, with no request yet, may wait for
 /// its first request during a shutdown.
