@@ -33,7 +33,6 @@ from tapster.options import (
 )
 from tapster.process import flush_std_streams
 from tapster.server import create_server
-from tapster.supervisor import BOOT_FAILED, serve_workers
 
 #: The command's log format on stderr (Gunicorn's shape).
 LOG_FORMAT = "%(asctime)s [%(process)d] [%(levelname)s] %(name)s: %(message)s"
@@ -382,6 +381,7 @@ def run(argv: list[str] | None = None, _serve: Callable[..., Any] = serve) -> in
 def serve_supervised(kw: dict[str, Any], spec: str, call: bool, privileges: Privileges) -> int:
     """Worker processes: the supervisor binds and drops privileges; the workers (or,
     with `--preload`, the supervisor) import the application."""
+    from tapster.supervisor import BOOT_FAILED, serve_workers  # only with workers
 
     def load() -> Any:
         try:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import enum
 import logging
 import os
-import random
 import select
 import signal
 import socket
@@ -690,6 +689,8 @@ def run_worker(sup: Supervisor, pipe: int, listeners: list[_Listener], draining:
         lst.socket.close()
     limit = sup.adj.max_requests
     if limit and sup.adj.max_requests_jitter:
+        import random  # reseeded by CPython in each forked worker
+
         limit += random.randint(0, sup.adj.max_requests_jitter)
     tick = WorkerTick(pipe, sup.pid, limit, watcher)
     try:
