@@ -201,6 +201,10 @@ impl Waiter {
             if self.drained.recv().is_err() {
                 return;
             }
+            // Let another worker's woken thread run before this one looks again: on a
+            // busy machine the worker already running would otherwise take every
+            // connection of a burst.
+            thread::yield_now();
         }
     }
 }
