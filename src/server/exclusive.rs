@@ -21,6 +21,8 @@ use std::thread;
 
 use tokio::sync::Notify;
 
+use super::stopfd::StopFd;
+
 /// The `u64` an epoll event carries for the listener and for the stop descriptor.
 const LISTENER: u64 = 1;
 const STOP: u64 = 2;
@@ -37,7 +39,7 @@ enum Turn {
 pub struct ExclusiveGate {
     ready: Arc<Notify>,
     drained: SyncSender<()>,
-    stop: Arc<OwnedFd>,
+    stop: Arc<StopFd>,
     watch: Arc<Watch>,
     turn: Turn,
 }
@@ -85,12 +87,7 @@ impl ExclusiveGate {
         )?;
         // SAFETY: a fresh descriptor that nothing else owns.
         let epoll = unsafe { OwnedFd::from_raw_fd(epoll) };
-        let stop = cvt(
-            // SAFETY: eventfd takes no pointers.
-            unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) },
-        )?;
-        // SAFETY: a fresh descriptor that nothing else owns.
-        let stop = Arc::new(unsafe { OwnedFd::from_raw_fd(stop) });
+        let stop = Arc::new(StopFd::new()?);
         control(
             &epoll,
             libc::EPOLL_CTL_ADD,
@@ -153,15 +150,7 @@ impl Drop for ExclusiveGate {
     fn drop(&mut self) {
         // Ends the thread whether it waits in epoll (the stop descriptor) or for the
         // loop (the channel closes when `drained` drops).
-        let one: u64 = 1;
-        // SAFETY: writes 8 bytes from a live u64 to an eventfd this gate owns.
-        unsafe {
-            libc::write(
-                self.stop.as_raw_fd(),
-                (&one as *const u64).cast(),
-                std::mem::size_of::<u64>(),
-            )
-        };
+        self.stop.signal();
     }
 }
 
@@ -171,7 +160,7 @@ struct Waiter {
     ready: Arc<Notify>,
     drained: Receiver<()>,
     /// Keeps the stop descriptor open as long as the epoll watches it.
-    _stop: Arc<OwnedFd>,
+    _stop: Arc<StopFd>,
 }
 
 impl Waiter {

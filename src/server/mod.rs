@@ -18,6 +18,7 @@ pub mod responder;
 pub mod shutdown;
 pub mod socket;
 pub mod spool;
+pub mod stopfd;
 
 pub use conn_info::{AppSlot, ClientTransport, ConnInfo, ListenerInfo, ListenerKind, Peer};
 pub use dispatch::{Dispatcher, EventLog, LogLevel, Request};

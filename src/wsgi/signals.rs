@@ -5,16 +5,17 @@
 //! which a draining worker would go on accepting. Holds no GIL; touches no Python.
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
 use std::thread;
 
 use super::log::Control;
+use crate::server::stopfd::StopFd;
 
 /// The thread, stopped (through its own eventfd) and joined when this drops, so the
 /// caller may close the pipe afterwards.
 pub struct SignalWaker {
-    stop: Arc<OwnedFd>,
+    stop: Arc<StopFd>,
     thread: Option<thread::JoinHandle<()>>,
 }
 
@@ -22,13 +23,7 @@ impl SignalWaker {
     /// Watches `wakeup` (a non-blocking pipe's read end that the caller keeps open for
     /// as long as this lives).
     pub fn start(wakeup: RawFd, control: Arc<Control>) -> io::Result<SignalWaker> {
-        // SAFETY: eventfd takes no pointers.
-        let stop = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
-        if stop < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: a fresh descriptor that nothing else owns.
-        let stop = Arc::new(unsafe { OwnedFd::from_raw_fd(stop) });
+        let stop = Arc::new(StopFd::new()?);
         let theirs = stop.clone();
         let thread = thread::Builder::new()
             .name("tapster-signals".into())
@@ -42,22 +37,14 @@ impl SignalWaker {
 
 impl Drop for SignalWaker {
     fn drop(&mut self) {
-        let one: u64 = 1;
-        // SAFETY: writes 8 bytes from a live u64 to an eventfd this value owns.
-        unsafe {
-            libc::write(
-                self.stop.as_raw_fd(),
-                (&one as *const u64).cast(),
-                std::mem::size_of::<u64>(),
-            )
-        };
+        self.stop.signal();
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
     }
 }
 
-fn watch(wakeup: RawFd, stop: &OwnedFd, control: &Control) {
+fn watch(wakeup: RawFd, stop: &StopFd, control: &Control) {
     let mut fds = [
         libc::pollfd {
             fd: wakeup,
