@@ -715,6 +715,9 @@ def test_a_second_sigint_stops_at_once(tapster: Callable[..., Tapster]) -> None:
     wait_until(lambda: not [p for p in workers if alive(p)], 2, "the workers to end")
     assert busy.is_closed(2.0)
     busy.close()
+    srv._reader.join(5)
+    # The workers end by themselves, not through the supervisor's SIGKILL.
+    assert "killing it" not in srv.log(), srv.log()
 
 
 # --- 11. inherited sockets: systemd socket activation and fd://N --------------------------------

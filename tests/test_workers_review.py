@@ -176,28 +176,8 @@ def test_fd_of_an_unbound_socket_is_refused(tapster: Callable[..., Tapster]) -> 
     assert result.returncode == 1 and result.stderr.startswith("Error:"), result.stderr
 
 
-# --- 7. the second SIGINT: the worker waits for the application, then is SIGKILLed -------------
-
-
-def test_a_second_sigint_stops_the_workers_without_sigkill(tapster: Callable[..., Tapster]) -> None:
-    # After the second interrupt the engine stops waiting for connections but then
-    # waits in Pool::shutdown for the rest of shutdown_timeout for the application's
-    # threads; the supervisor's KILL_GRACE (2 s) SIGKILLs the worker first ("did not stop
-    # in time; killing it", WARNING). tests/test_workers.py's second-SIGINT test passes
-    # only through that SIGKILL. Expected ("the workers stop at once"): they exit.
-    srv = tapster("--workers=2", "--graceful-timeout=20")
-    workers = srv.workers(2)
-    busy = srv.connect(timeout=10)
-    busy.send(b"GET /sleep?s=15 HTTP/1.1\r\nHost: t\r\n\r\n")
-    srv.wait_for_log(r"EVENT sleeping \d+")
-    srv.proc.send_signal(signal.SIGINT)
-    srv.wait_for_log(r"Shutting down: no longer accepting connections")
-    srv.proc.send_signal(signal.SIGINT)
-    srv.wait_exit(8)
-    srv._reader.join(5)
-    busy.close()
-    wait_until(lambda: not [p for p in workers if alive(p)], 2, "the workers to end")
-    assert "killing it" not in srv.log(), srv.log()
+# --- 7. the second SIGINT: tests/test_workers.py's test_a_second_sigint_stops_at_once also
+# checks that the workers end without the supervisor's SIGKILL (they were SIGKILLed before).
 
 
 # --- 8. --preload with an application that starts threads ----------------------------------------

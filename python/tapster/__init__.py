@@ -8,6 +8,7 @@ import logging
 from typing import Any
 
 from tapster._tapster import ClientDisconnected, FileWrapper, __version__
+from tapster.adjustments import needs_supervisor
 from tapster.options import BY_NAME
 from tapster.process import Notifier, pidfile
 from tapster.server import create_server
@@ -50,8 +51,8 @@ def wants_supervisor(kw: dict[str, Any]) -> bool:
         option = BY_NAME[name]
         return option.cast(kw[name]) if name in kw else option.default
 
-    return value("workers") > 1 or bool(
-        value("max_requests") or value("max_worker_memory") or value("reload")
+    return needs_supervisor(
+        value("workers"), value("max_requests"), value("max_worker_memory"), value("reload")
     )
 
 

@@ -130,7 +130,7 @@ class Adjustments:
     @property
     def supervised(self) -> bool:
         """Whether these options need worker processes under a supervisor."""
-        return self.workers > 1 or bool(self.max_requests or self.max_worker_memory or self.reload)
+        return needs_supervisor(self.workers, self.max_requests, self.max_worker_memory, self.reload)
 
     def _check_process_options(self) -> None:
         for name in ("workers",):
@@ -245,6 +245,11 @@ class Adjustments:
             else:
                 kw[param] = value
         return kw, args
+
+
+def needs_supervisor(workers: int, max_requests: int, max_worker_memory: int, reload: bool) -> bool:
+    """Whether these option values need worker processes under a supervisor."""
+    return workers > 1 or bool(max_requests or max_worker_memory or reload)
 
 
 #: The options that say where to listen.

@@ -173,12 +173,13 @@ class Supervisor:
     def __init__(
         self,
         adj: Adjustments,
+        config: _tapster.EngineConfig,
         listeners: list[_Listener],
         app: WSGIApp | None,
         load: Callable[[], WSGIApp],
     ) -> None:
         self.adj = adj
-        self.config = engine_config(adj)
+        self.config = config
         self.sockets = SlotSockets(adj, listeners)
         self.app = app
         self.load = load
@@ -784,11 +785,11 @@ def serve_workers(
     else each worker calls `load`. Returns the exit status (1: workers kept failing
     at start-up)."""
     adj = Adjustments(**kw)
-    engine_config(adj)  # a bad value is refused before anything is bound
+    config = engine_config(adj)  # a bad value is refused before anything is bound
     raise_fd_limit(2 * adj.connection_limit + 256, adj.connection_limit)
     listeners = bind_listeners(adj)
     try:
-        supervisor = Supervisor(adj, listeners, None, load)
+        supervisor = Supervisor(adj, config, listeners, None, load)
         for slot in range(adj.workers):
             supervisor.sockets.for_slot(slot)  # with reuse_port: bound before privileges go
         if app is None and adj.preload:
