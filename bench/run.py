@@ -33,6 +33,7 @@ import argparse
 import contextlib
 import dataclasses
 import datetime
+import glob
 import json
 import os
 import platform
@@ -73,6 +74,7 @@ class Scenario:
     nginx_path: str | None = None  # nginx serves only hello and files
     is_file: bool = False
     workers: int = 1  # above 1: only the servers with worker processes; no pinning
+    observe: str = ""  # "access_log": each server's own access log to a file; "metrics": Tapster's, scraped every second
 
     @property
     def server_cpus(self) -> str:
@@ -90,6 +92,8 @@ SCENARIOS = [
     Scenario("hello-c1", "hello", 1, nginx_path="/"),
     Scenario("hello-c16", "hello", 16, nginx_path="/"),
     Scenario("hello-c64", "hello", 64, nginx_path="/"),
+    Scenario("hello-c64-access-log", "hello", 64, observe="access_log"),
+    Scenario("hello-c64-metrics", "hello", 64, observe="metrics"),
     Scenario("echo-64k", "echo", 16, lua="post64k.lua"),
     Scenario("stream-100x1k", "stream", 16),
     Scenario("file-1m", "file_1m", 16, nginx_path="/files/1m.bin", is_file=True),
@@ -110,6 +114,13 @@ class Server:
 
 
 TAPSTER_ARGS: list[str] = []  # --tapster-args: extra options, e.g. --reuse-port
+#: Where the observability scenarios write their access logs (emptied per run).
+LOG_DIR = tempfile.mkdtemp(prefix="tapster-bench-logs-")
+METRICS_PORT = PORT + 1
+
+
+def access_log_path(server: str) -> str:
+    return os.path.join(LOG_DIR, f"{server}-access.log")
 
 
 def tapster_cmd(s: Scenario, port: int) -> list[str]:
@@ -118,6 +129,10 @@ def tapster_cmd(s: Scenario, port: int) -> list[str]:
         cmd.append(f"--workers={s.workers}")
     if s.threads:
         cmd.append(f"--threads={s.threads}")
+    if s.observe == "access_log":
+        cmd.append(f"--access-log={access_log_path('tapster')}")
+    elif s.observe == "metrics":
+        cmd.append(f"--metrics-listen=127.0.0.1:{METRICS_PORT}")
     return cmd + TAPSTER_ARGS + [f"apps:{s.app}"]
 
 
@@ -129,17 +144,21 @@ def waitress_cmd(s: Scenario, port: int) -> list[str]:
 
 
 def gunicorn_cmd(s: Scenario, port: int) -> list[str]:
+    log = ["--access-logfile", access_log_path("gunicorn")] if s.observe == "access_log" else []
     return [
         os.path.join(BIN, "gunicorn"), "-k", "gthread", "-w", str(s.workers),
         "--threads", str(s.threads or 4), "-b", f"127.0.0.1:{port}",
-        "--log-level", "warning", f"apps:{s.app}",
+        "--log-level", "warning", *log, f"apps:{s.app}",
     ]
 
 
 def granian_cmd(s: Scenario, port: int) -> list[str]:
+    # Granian's access log goes through Python logging to its stderr (a file here);
+    # its lines are INFO, so the level must let them through.
+    log = ["--access-log", "--log-level", "info"] if s.observe == "access_log" else ["--log-level", "warning"]
     cmd = [
         os.path.join(BIN, "granian"), "--interface", "wsgi", "--workers", str(s.workers),
-        "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning",
+        "--host", "127.0.0.1", "--port", str(port), *log,
     ]
     if s.threads:
         cmd += ["--blocking-threads", str(s.threads)]
@@ -193,14 +212,24 @@ def one_process(s: Scenario) -> bool:
     return s.workers == 1
 
 
+def plain_or_logged(s: Scenario) -> bool:
+    """Peers run the plain scenarios and the access-log one (their own log); the
+    metrics scenario measures Tapster's metrics alone."""
+    return one_process(s) and s.observe in ("", "access_log")
+
+
+def plain(s: Scenario) -> bool:
+    return one_process(s) and not s.observe
+
+
 SERVERS = [
     Server("tapster", tapster_cmd, "tapster"),
-    Server("waitress", waitress_cmd, "waitress", supports=one_process),
-    Server("gunicorn", gunicorn_cmd, "gunicorn"),
-    Server("granian", granian_cmd, "granian"),
-    Server("bjoern", bjoern_cmd, "bjoern", supports=one_process),
-    Server("pyruvate", pyruvate_cmd, "pyruvate", supports=one_process),
-    Server("nginx", nginx_cmd, None, supports=lambda s: s.nginx_path is not None and one_process(s)),
+    Server("waitress", waitress_cmd, "waitress", supports=plain),
+    Server("gunicorn", gunicorn_cmd, "gunicorn", supports=lambda s: s.workers > 1 or plain_or_logged(s)),
+    Server("granian", granian_cmd, "granian", supports=lambda s: s.workers > 1 or plain_or_logged(s)),
+    Server("bjoern", bjoern_cmd, "bjoern", supports=plain),
+    Server("pyruvate", pyruvate_cmd, "pyruvate", supports=plain),
+    Server("nginx", nginx_cmd, None, supports=lambda s: s.nginx_path is not None and plain(s)),
 ]
 
 
@@ -418,12 +447,40 @@ def slow_clients(port: int, count: int) -> Iterator[Callable[[], int]]:
         print(f"      slow clients: {out.strip()}", flush=True)
 
 
+@contextlib.contextmanager
+def scraper(scenario: Scenario) -> Iterator[None]:
+    """For the metrics scenario: a scrape of /metrics every second, as Prometheus
+    would, for the whole run."""
+    if scenario.observe != "metrics":
+        yield
+        return
+    stop = threading.Event()
+
+    def scrape() -> None:
+        while not stop.wait(1.0):
+            with contextlib.suppress(OSError):
+                with socket.create_connection(("127.0.0.1", METRICS_PORT), timeout=2) as s:
+                    s.sendall(b"GET /metrics HTTP/1.1\r\nHost: bench\r\n\r\n")
+                    while s.recv(65536):
+                        pass
+
+    thread = threading.Thread(target=scrape, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(5)
+
+
 def measure(server: Server, scenario: Scenario, seconds: float, warmup: float, cpu_loops: int) -> dict[str, object]:
     port = PORT
     url = f"http://127.0.0.1:{port}{scenario.path_for(server.name)}"
+    for old in glob.glob(os.path.join(LOG_DIR, "*")):
+        os.remove(old)
     with running(server, scenario, port, cpu_loops) as proc:
         rss = PeakRss(proc.pid)
-        with slow_clients(port, scenario.slow_clients):
+        with slow_clients(port, scenario.slow_clients), scraper(scenario):
             wrk(url, scenario.connections, warmup, scenario.lua, scenario.client_cpus)
             cpu_before = cpu_seconds(proc.pid)
             workers_before = cpu_by_worker(proc.pid)
@@ -452,6 +509,11 @@ def measure(server: Server, scenario: Scenario, seconds: float, warmup: float, c
         )
     if not requests:
         record["p50_ms"] = record["p99_ms"] = None
+    log_file = access_log_path(server.name)
+    if scenario.observe == "access_log" and os.path.exists(log_file):
+        # Proof the log was written: about one line per request of warm-up and run.
+        with open(log_file, "rb") as f:
+            record["access_log_lines"] = sum(1 for _ in f)
     return record
 
 

@@ -6,7 +6,10 @@
 
 use std::time::Duration;
 
+use std::path::PathBuf;
+
 use crate::http::request::HeadLimits;
+use crate::observe::access_format::Format;
 use crate::proxy::TrustedPeers;
 
 #[derive(Clone, Debug)]
@@ -52,6 +55,25 @@ pub struct Config {
     pub log_socket_errors: bool,
     /// Whether every connection starts with a PROXY protocol header, and from whom.
     pub proxy_protocol: ProxyProtocol,
+    /// Where the access log goes (`access_log`, `access_log_logger`).
+    pub access_log: AccessLogTarget,
+    /// How its lines look (`access_log_format`).
+    pub access_log_format: Format,
+    /// A request running this long is logged with its Python stack.
+    pub dump_slow_requests_after: Option<Duration>,
+    /// A request running this long is given up on (answered 504 in a worker).
+    pub request_timeout: Option<Duration>,
+}
+
+/// Where the access log goes.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum AccessLogTarget {
+    #[default]
+    Off,
+    File(PathBuf),
+    Stderr,
+    /// The Python logger `tapster.access`.
+    Logger,
 }
 
 /// `proxy_protocol`: whether every connection starts with a PROXY protocol header.
@@ -93,6 +115,11 @@ impl Config {
             ident: Some("tapster".to_owned()),
             log_socket_errors: true,
             proxy_protocol: ProxyProtocol::Off,
+            access_log: AccessLogTarget::Off,
+            access_log_format: Format::parse(crate::observe::access_format::COMBINED)
+                .expect("the default format parses"),
+            dump_slow_requests_after: None,
+            request_timeout: None,
         }
     }
 }

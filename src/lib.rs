@@ -6,6 +6,7 @@
 
 pub mod config;
 pub mod http;
+pub mod observe;
 pub mod proxy;
 pub mod server;
 #[cfg(test)]
@@ -30,7 +31,9 @@ fn _tapster(m: &Bound<'_, PyModule>) -> PyResult<()> {
     )?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add_function(pyo3::wrap_pyfunction!(stats, m)?)?;
+    wsgi::observe_py::register(m)?;
     m.add("ENGINE_OPTIONS", wsgi::options::ENGINE_OPTIONS.to_vec())?;
+    m.add("ACCESS_LOG_COMBINED", observe::access_format::COMBINED)?;
     Ok(())
 }
 
@@ -50,6 +53,10 @@ fn stats(py: Python<'_>) -> PyResult<Bound<'_, pyo3::types::PyDict>> {
         server::responder::SENDFILE_BYTES.load(Ordering::Relaxed),
     )?;
     d.set_item("requests", wsgi::pool::REQUESTS.load(Ordering::Relaxed))?;
+    d.set_item(
+        "request_timeouts",
+        wsgi::monitor::TIMED_OUT.load(Ordering::Relaxed),
+    )?;
     d.set_item(
         "abandoned_threads",
         wsgi::pool::ABANDONED_THREADS.load(Ordering::Relaxed),

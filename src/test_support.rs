@@ -1,7 +1,33 @@
-//! What the unit tests of several modules share: a single-threaded tokio runtime and
-//! an event log that drops its lines. Test builds only.
+//! What the unit tests of several modules share: a single-threaded tokio runtime, an
+//! event log that drops its lines, a parsed request head and a Unix connection's
+//! facts. Test builds only.
 
+use std::sync::Arc;
+
+use bytes::BytesMut;
+
+use crate::http::request::{HeadParser, RequestHead};
+use crate::server::conn_info::{ConnInfo, ListenerInfo, ListenerKind, Peer};
+use crate::server::shutdown::ShutdownSignal;
 use crate::server::{EventLog, LogLevel};
+
+/// The head of `raw`, a complete request head.
+pub fn head(raw: &[u8]) -> RequestHead {
+    HeadParser::new()
+        .parse(&mut BytesMut::from(raw), &Default::default())
+        .expect("a valid head")
+        .expect("a complete head")
+}
+
+/// What the application side knows of a connection on a Unix listener.
+pub fn unix_conn_info(shutdown: Arc<ShutdownSignal>) -> ConnInfo {
+    let listener = Arc::new(ListenerInfo {
+        kind: ListenerKind::Unix,
+        server_port: "test".into(),
+        app_data: Default::default(),
+    });
+    ConnInfo::new(Peer::Unix, listener, shutdown)
+}
 
 /// A current-thread runtime with I/O and timers.
 pub fn runtime() -> tokio::runtime::Runtime {

@@ -5,6 +5,8 @@ from typing import Any, Callable, Iterator, Optional, Sequence
 __version__: str
 #: The options `Server` accepts.
 ENGINE_OPTIONS: list[str]
+#: Apache's combined access-log format in Gunicorn's atoms.
+ACCESS_LOG_COMBINED: str
 
 class ClientDisconnected(Exception):
     """The client closed the connection before the response was delivered."""
@@ -25,15 +27,23 @@ class Server:
         app: Callable[..., Any],
         options: EngineConfig,
         listeners: Sequence[tuple[int, str, str, str]],
+        metrics: int | None = None,
     ) -> None: ...
     def run(
-        self, tick: Callable[[], None] | None = None, max_requests: int = 0, wakeup_fd: int = -1
+        self,
+        tick: Callable[[], None] | None = None,
+        max_requests: int = 0,
+        wakeup_fd: int = -1,
+        replaceable: bool = False,
     ) -> None:
         """Serves until `close()`, a signal handler or `tick` raises; then shuts down.
         `tick` is called once serving starts, then about every 100 ms and at once when
-        `max_requests` (0: none) is reached; from then on responses close."""
+        `max_requests` (0: none) is reached; from then on responses close.
+        `replaceable`: a supervised worker (request_timeout answers 504)."""
     def close(self) -> None:
         """Asks `run()` to stop; safe from any thread, and before `run()`."""
+    def reopen_logs(self) -> None:
+        """Reopens the access log file at its path (SIGUSR1)."""
 
 class FileWrapper:
     """`wsgi.file_wrapper`: `(filelike, block_size=32768)`, positional only."""
@@ -65,8 +75,18 @@ class InputStream:
 
 def stats() -> dict[str, int]:
     """Process-wide counters: `requests` (handed to the application),
-    `sendfile_responses`, `sendfile_bytes`, and `abandoned_threads` (worker threads a
-    shutdown left inside the application)."""
+    `sendfile_responses`, `sendfile_bytes`, `request_timeouts` and `abandoned_threads`
+    (worker threads a shutdown left inside the application)."""
+
+def metrics_create(supervisor_pid: int) -> None:
+    """Makes the metrics region shared with processes forked from now on."""
+def metrics_free_slot(taken: list[int]) -> int | None: ...
+def metrics_attach(slot: int) -> None: ...
+def metrics_release(slot: int) -> None: ...
+def metrics_worker_started() -> None: ...
+def metrics_worker_exited(reason: str) -> None: ...
+def metrics_text() -> str | None:
+    """The Prometheus text `/metrics` serves (None: no metrics in this process)."""
 
 class FileWatcher:
     """An inotify watch on files (their directories), for `reload`."""

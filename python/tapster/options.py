@@ -79,6 +79,18 @@ def as_trusted_proxies(value: Any) -> str | None:
     return text or None
 
 
+#: Apache's combined log format in Gunicorn's atoms (the engine's
+#: `access_format::COMBINED`; a test checks they agree).
+COMBINED_LOG_FORMAT = '%(h)s %(l)s %(u)s %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s"'
+
+
+def asseconds_or_off(value: Any) -> float:
+    """Seconds as a float; 0, empty or None means off."""
+    if value is None or value == "":
+        return 0.0
+    return float(value)
+
+
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
@@ -114,6 +126,7 @@ SECTIONS = (
     ("proxies", "Proxies"),
     ("application", "What the application sees"),
     ("logging", "Logging"),
+    ("observability", "Access log, metrics and stuck requests"),
     ("process", "Process (command line only)"),
     ("compat", "Compatibility options with no effect (accepted as Waitress does)"),
 )
@@ -456,6 +469,50 @@ OPTIONS: tuple[Option, ...] = (
         "Tapster: write the process id (the supervisor's, with workers) to this file, "
         "and remove it at exit.",
         section="process", aliases=("pid",),
+    ),
+    Option(
+        "access_log", str_iftruthy, None, "server",
+        "Tapster: write an access log line per request to this file (`-`: standard error) "
+        "once its response's last byte is sent (or its client has gone). Written in Rust by "
+        "a background thread, buffered; SIGUSR1 reopens the file (logrotate). Off by "
+        "default, as in Waitress.",
+        section="observability", aliases=("access-logfile",),
+    ),
+    Option(
+        "access_log_format", str, COMBINED_LOG_FORMAT, "server",
+        "Tapster: the access log line, in Gunicorn's atoms (`%(h)s` client, `%(t)s` time, "
+        "`%(r)s` request line, `%(s)s` status, `%(b)s` body bytes sent, `%(D)s` microseconds, "
+        "`%({name}i)s` request header, `%({name}o)s` response header, `%({name}e)s` environ "
+        "value... see the README), or `json` for one JSON object a line. The default is "
+        "Apache's combined format.",
+        section="observability",
+    ),
+    Option(
+        "access_log_logger", asbool, False, "server",
+        "Tapster: send the access log lines to the Python logger `tapster.access` (INFO) "
+        "instead of a file, for your own handlers; costs the GIL once per batch of lines.",
+        section="observability",
+    ),
+    Option(
+        "metrics_listen", str_iftruthy, None, "listen",
+        "Tapster: serve Prometheus metrics at `/metrics` on this `HOST:PORT` (its own "
+        "listener, never the application's). With workers, one scrape answers for all of "
+        "them.",
+        section="observability",
+    ),
+    Option(
+        "dump_slow_requests_after", asseconds_or_off, 0.0, "server",
+        "Tapster: log (WARNING, once) a request still running after this many seconds, "
+        "with the Python stack of the thread running it (0: off).",
+        section="observability",
+    ),
+    Option(
+        "request_timeout", asseconds_or_off, 0.0, "server",
+        "Tapster: a request still running after this many seconds is given up on: with "
+        "workers it is answered 504 (if nothing was sent yet) and its worker is replaced "
+        "gracefully; in a single process it is logged and counted, since a Python thread "
+        "cannot be stopped safely (0: off).",
+        section="observability",
     ),
     # The `tapster` command's own (layer "cli": not serve() keyword arguments).
     Option(

@@ -201,6 +201,36 @@ def bind_listeners(adj: Adjustments, sock: socket.socket | None = None) -> list[
         raise
 
 
+def bind_metrics(adj: Adjustments) -> socket.socket | None:
+    """The metrics listener's socket (`metrics_listen`, `HOST:PORT` or `[V6]:PORT`),
+    bound and listening; None when metrics are off."""
+    spec = adj.metrics_listen
+    if not spec:
+        return None
+    host, sep, port = spec.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise ValueError(f"metrics_listen must be HOST:PORT (or [IPv6]:PORT), not {spec!r}")
+    try:
+        infos = socket.getaddrinfo(host, int(port), socket.AF_UNSPEC, socket.SOCK_STREAM, 0, socket.AI_PASSIVE)
+        family, socktype, proto, _, sockaddr = infos[0]
+        sock = socket.socket(family, socktype, proto)
+    except OSError as exc:
+        raise ValueError(f"metrics_listen {spec}: {exc.strerror or exc}") from None
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind(sockaddr)
+        sock.listen(64)
+    except OSError as exc:
+        sock.close()
+        raise ValueError(f"metrics_listen {spec}: {exc.strerror or exc}") from None
+    host, port = socket.getnameinfo(sock.getsockname(), socket.NI_NUMERICHOST | socket.NI_NUMERICSERV)
+    logger.info("Metrics on http://%s:%s/metrics", f"[{host}]" if ":" in host else host, port)
+    return sock
+
+
 class BaseWSGIServer:
     """What every Tapster server offers: `run()`, `close()`, `print_listen()`."""
 
@@ -210,6 +240,7 @@ class BaseWSGIServer:
         adj: Adjustments,
         listeners: list[_Listener],
         config: _tapster.EngineConfig,
+        metrics: socket.socket | None = None,
     ) -> None:
         if application is None:
             raise ValueError(
@@ -219,8 +250,13 @@ class BaseWSGIServer:
         self.application = application
         self.adj = adj
         self.listeners = listeners
+        #: The metrics listener (`metrics_listen`), if any.
+        self.metrics_socket = metrics
         self._engine = _tapster.Server(
-            application, config, [lst.engine_spec() for lst in listeners]
+            application,
+            config,
+            [lst.engine_spec() for lst in listeners],
+            metrics.fileno() if metrics is not None else None,
         )
         self._closed = False
         self._lock = threading.Lock()
@@ -231,20 +267,25 @@ class BaseWSGIServer:
     def effective_listen(self) -> list[tuple[str, Any]]:
         return [(lst.effective_host, lst.effective_port) for lst in self.listeners]
 
-    def run(self, tick: Callable[[], None] | None = None, max_requests: int = 0) -> None:
+    def run(self, tick: Callable[[], None] | None = None, max_requests: int = 0, replaceable: bool = False) -> None:
         """Serves until `close()`, Ctrl-C or SIGTERM, then shuts down gracefully.
         `tick` is called once serving starts, then about every 100 ms and when
         `max_requests` is reached (what it raises stops the server); from
-        `max_requests` on, responses close their connection (for a worker)."""
+        `max_requests` on, responses close their connection (for a worker).
+        `replaceable`: a supervised worker (a request past `request_timeout` is then
+        answered 504 and the worker replaced)."""
         previous = _install_sigterm(lambda: self.notifier.send("STOPPING=1", "STATUS=Stopping"))
+        reopen = _install_sigusr1(self._engine.reopen_logs) if self.adj.access_log else None
         try:
             with _signal_wakeup() as wakeup_fd:
-                self._engine.run(tick or ReadyOnce(self.notifier), max_requests, wakeup_fd)
+                self._engine.run(tick or ReadyOnce(self.notifier), max_requests, wakeup_fd, replaceable)
         except (KeyboardInterrupt, SystemExit):
             pass
         finally:
             if previous is not None:
                 signal.signal(signal.SIGTERM, previous)
+            if reopen is not None:
+                signal.signal(signal.SIGUSR1, reopen)
             self.close()
 
     def close(self) -> None:
@@ -259,6 +300,8 @@ class BaseWSGIServer:
                 lst.socket.close()
             except OSError:  # pragma: no cover
                 pass
+        if self.metrics_socket is not None:
+            self.metrics_socket.close()
 
     def print_listen(self, format_str: str) -> None:
         for host, port in self.effective_listen:
@@ -354,23 +397,40 @@ def create_server(
             "workers, max_requests, max_worker_memory and reload need serve() or the "
             "tapster command (create_server() makes one server in this process)"
         )
-    return server_for(application, adj, config, bind_listeners(adj, _sock))
+    listeners = bind_listeners(adj, _sock)
+    try:
+        metrics = bind_metrics(adj)
+    except BaseException:
+        close_listeners(listeners, adj)
+        raise
+    return server_for(application, adj, config, listeners, metrics)
+
+
+def close_listeners(listeners: list[_Listener], adj: Adjustments) -> None:
+    """Closes the listeners this process bound (a caller's `sockets` are the caller's)."""
+    for lst in listeners:
+        if lst.socket not in adj.sockets:
+            lst.socket.close()
 
 
 def server_for(
-    application: WSGIApp, adj: Adjustments, config: _tapster.EngineConfig, listeners: list[_Listener]
+    application: WSGIApp,
+    adj: Adjustments,
+    config: _tapster.EngineConfig,
+    listeners: list[_Listener],
+    metrics: socket.socket | None = None,
 ) -> BaseWSGIServer:
     """The server object for listeners already bound (closed if it cannot be made)."""
     try:
         if len(listeners) > 1:
-            return MultiSocketServer(application, adj, listeners, config)
+            return MultiSocketServer(application, adj, listeners, config, metrics)
         if listeners[0].kind == "unix":
-            return UnixWSGIServer(application, adj, listeners, config)
-        return TcpWSGIServer(application, adj, listeners, config)
+            return UnixWSGIServer(application, adj, listeners, config, metrics)
+        return TcpWSGIServer(application, adj, listeners, config, metrics)
     except BaseException:
-        for lst in listeners:
-            if lst.socket not in adj.sockets:
-                lst.socket.close()
+        close_listeners(listeners, adj)
+        if metrics is not None:
+            metrics.close()
         raise
 
 
@@ -408,6 +468,18 @@ def _signal_wakeup() -> Iterator[int]:
         signal.set_wakeup_fd(previous)
         os.close(read_end)
         os.close(write_end)
+
+
+def _install_sigusr1(reopen: Callable[[], None]) -> Any:
+    """On the main thread, makes SIGUSR1 reopen the access log (logrotate). Returns
+    the handler to restore, or None."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        reopen()
+
+    return signal.signal(signal.SIGUSR1, handler)
 
 
 def _install_sigterm(on_stop: Callable[[], None]) -> Any:

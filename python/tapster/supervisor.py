@@ -35,6 +35,7 @@ from tapster.server import (
     WSGIApp,
     _Listener,
     bind_listeners,
+    bind_metrics,
     engine_config,
     raise_fd_limit,
     server_for,
@@ -60,7 +61,15 @@ PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 SHORT_LIFE = 1.0
 #: The signals the supervisor handles.
 SUPERVISOR_SIGNALS = frozenset(
-    (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU, signal.SIGCHLD)
+    (
+        signal.SIGTERM,
+        signal.SIGINT,
+        signal.SIGHUP,
+        signal.SIGTTIN,
+        signal.SIGTTOU,
+        signal.SIGUSR1,
+        signal.SIGCHLD,
+    )
 )
 
 
@@ -88,6 +97,10 @@ class Worker:
     ready_at: float = 0.0
     kill_at: float = 0.0
     pending: bytes = b""
+    #: Its slot in the metrics region (None: no metrics).
+    metrics_slot: int | None = None
+    #: Why the supervisor ended it, for `tapster_worker_exits_total{reason}`.
+    exit_reason: str = "crashed"
 
 
 @dataclass
@@ -177,10 +190,16 @@ class Supervisor:
         listeners: list[_Listener],
         app: WSGIApp | None,
         load: Callable[[], WSGIApp],
+        metrics: socket.socket | None = None,
     ) -> None:
         self.adj = adj
         self.config = config
         self.sockets = SlotSockets(adj, listeners)
+        #: The metrics listener, shared by every worker; its counters live in a region
+        #: shared with them, made now, before any fork.
+        self.metrics = metrics
+        if metrics is not None:
+            _tapster.metrics_create(os.getpid())
         self.app = app
         self.load = load
         self.notifier = Notifier.from_environment()
@@ -284,6 +303,10 @@ class Supervisor:
                 self._add_worker()
             elif sig == signal.SIGTTOU:
                 self._remove_worker()
+            elif sig == signal.SIGUSR1:
+                logger.info("SIGUSR1: the workers reopen their access log")
+                for worker in self.workers.values():
+                    _kill(worker.pid, signal.SIGUSR1)
 
     def _begin_drain(self, sig: int) -> None:
         if self.phase is Phase.RUNNING:
@@ -292,7 +315,7 @@ class Supervisor:
             self.notifier.send("STOPPING=1", "STATUS=Stopping")
             self.spawns.clear()
             for worker in list(self.workers.values()):
-                self._drain(worker)
+                self._drain(worker, "shutdown")
             self.sockets.stop_listening()
         elif self.phase is Phase.DRAINING and sig == signal.SIGINT:
             self.phase = Phase.STOPPING
@@ -306,6 +329,7 @@ class Supervisor:
     def _spawn(self, slot: int, replaces: int | None, retry: bool = True) -> bool:
         """Forks a worker for `slot`; false (logged, and with `retry` tried again
         later) if it could not."""
+        metrics_slot = self._metrics_slot()
         try:
             listeners = self.sockets.for_slot(slot)
             read_end, write_end = os.pipe2(os.O_CLOEXEC)
@@ -329,15 +353,30 @@ class Supervisor:
                 self.spawns.append(Spawn(time.monotonic() + BACKOFF_MAX, slot, replaces))
             return False
         if pid == 0:
-            self._become_worker(read_end, write_end, listeners)
+            self._become_worker(read_end, write_end, listeners, metrics_slot)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, SUPERVISOR_SIGNALS)
         os.close(write_end)
         os.set_blocking(read_end, False)
-        self.workers[pid] = Worker(pid, read_end, slot, replaces)
+        self.workers[pid] = Worker(pid, read_end, slot, replaces, metrics_slot=metrics_slot)
+        if self.metrics is not None:
+            _tapster.metrics_worker_started()
         logger.info("Worker %d started", pid)
         return True
 
-    def _become_worker(self, read_end: int, pipe: int, listeners: list[_Listener]) -> NoReturn:
+    def _metrics_slot(self) -> int | None:
+        """A free slot of the metrics region for a new worker (None: no metrics, or
+        all slots in use, which is logged)."""
+        if self.metrics is None:
+            return None
+        taken = [w.metrics_slot for w in self.workers.values() if w.metrics_slot is not None]
+        slot = _tapster.metrics_free_slot(taken)
+        if slot is None:
+            logger.warning("Every metrics slot is in use: the new worker serves without metrics")
+        return slot
+
+    def _become_worker(
+        self, read_end: int, pipe: int, listeners: list[_Listener], metrics_slot: int | None
+    ) -> NoReturn:
         """The child's side of `_spawn` (signals blocked on entry). Never returns:
         nothing of the supervisor's may run in a worker, whatever happens."""
         status = BOOT_FAILED
@@ -346,8 +385,11 @@ class Supervisor:
             signal.set_wakeup_fd(-1)
             signal.signal(signal.SIGTERM, draining)
             signal.signal(signal.SIGINT, draining)
-            for sig in (signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU):
+            # SIGUSR1 (reopen the access log) is the server's once it runs.
+            for sig in (signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU, signal.SIGUSR1):
                 signal.signal(sig, signal.SIG_IGN)
+            if metrics_slot is not None:
+                _tapster.metrics_attach(metrics_slot)
             signal.signal(signal.SIGCHLD, signal.SIG_DFL)
             signal.pthread_sigmask(signal.SIG_UNBLOCK, SUPERVISOR_SIGNALS)
             for fd in [read_end, self.wake_r, self.wake_w] + [w.pipe for w in self.workers.values()]:
@@ -390,7 +432,9 @@ class Supervisor:
         if word == "ready":
             self._ready(worker)
         elif word == "retire" and self.phase is Phase.RUNNING:
-            self._replace(worker, f"max_requests: {rest} requests served")
+            self._replace(worker, f"max_requests: {rest} requests served", "max_requests")
+        elif word == "timeout" and self.phase is Phase.RUNNING:
+            self._replace(worker, "request_timeout: a request is stuck", "request_timeout")
         elif word == "changed" and self.phase is Phase.RUNNING and not self.reload_active:
             self._reload(f"{rest} changed")
 
@@ -401,11 +445,11 @@ class Supervisor:
         worker.ready_at = time.monotonic()
         logger.info("Worker %d ready", worker.pid)
         if self.phase is not Phase.RUNNING:
-            self._drain(worker)
+            self._drain(worker, "shutdown")
             return
         old = self.workers.get(worker.replaces) if worker.replaces else None
         if old is not None and old.state is State.RETIRING:
-            self._drain(old)
+            self._drain(old, old.exit_reason)
         self._reload_done()
         # Ready for systemd once every worker serves, or once one does while another
         # keeps failing to start (the service does serve).
@@ -413,24 +457,27 @@ class Supervisor:
             self.announced = True
             self.notifier.send("READY=1", f"STATUS={self._status()}", f"MAINPID={self.pid}")
 
-    def _replace(self, worker: Worker, reason: str, overlap: bool = False) -> None:
-        """Starts `worker`'s replacement. `worker` drains at once when other workers
-        serve meanwhile (so a limit is kept closely), else, or with `overlap`, once its
-        replacement accepts (so there is never a moment with no worker accepting)."""
+    def _replace(self, worker: Worker, reason: str, kind: str, overlap: bool = False) -> None:
+        """Starts `worker`'s replacement (`kind`: the exit reason the metrics count).
+        `worker` drains at once when other workers serve meanwhile (so a limit is kept
+        closely), else, or with `overlap`, once its replacement accepts (so there is
+        never a moment with no worker accepting)."""
         if worker.state is not State.SERVING:
             return
         logger.info("Replacing worker %d (%s)", worker.pid, reason)
+        worker.exit_reason = kind
         others = self._serving() - 1
         if others > 0 and not overlap and not self.adj.reuse_port:
-            self._drain(worker)
+            self._drain(worker, kind)
             self._spawn(worker.slot, None)
             return
         worker.state = State.RETIRING
         self._spawn(worker.slot, worker.pid)
 
-    def _drain(self, worker: Worker) -> None:
+    def _drain(self, worker: Worker, reason: str) -> None:
         if worker.state is State.DRAINING:
             return
+        worker.exit_reason = reason
         worker.state = State.DRAINING
         worker.kill_at = time.monotonic() + self.adj.shutdown_timeout + KILL_GRACE
         _kill(worker.pid, signal.SIGTERM)
@@ -454,7 +501,22 @@ class Supervisor:
             if done:
                 worker = self.workers.pop(pid)
                 os.close(worker.pipe)
+                self._count_exit(worker, status)
                 self._died(worker, status)
+
+    def _count_exit(self, worker: Worker, status: int) -> None:
+        """The metrics of a reaped worker: its slot freed, its end counted."""
+        if worker.metrics_slot is None:
+            return
+        _tapster.metrics_release(worker.metrics_slot)
+        expected = worker.state in (State.DRAINING, State.RETIRING) and status == 0
+        if worker.state is State.STARTING:
+            reason = "boot_failure"
+        elif expected or worker.state is State.DRAINING:
+            reason = worker.exit_reason
+        else:
+            reason = "crashed"
+        _tapster.metrics_worker_exited(reason)
 
     def _died(self, worker: Worker, status: int) -> None:
         how = _describe(status)
@@ -529,7 +591,7 @@ class Supervisor:
         self.reloading = {w.pid for w in current}
         self.reload_active = True
         for worker in current:
-            self._replace(worker, f"reload: {why}", overlap=True)
+            self._replace(worker, f"reload: {why}", "reload", overlap=True)
         self._reload_done()
 
     def _reload_done(self) -> None:
@@ -578,7 +640,7 @@ class Supervisor:
                 return
             victim = max(live, key=lambda w: (w.slot, w.pid))
             self.removals -= 1
-            self._drain(victim)
+            self._drain(victim, "scale_down")
             if victim.slot >= self.target:
                 self.sockets.close_slot(victim.slot)
 
@@ -604,7 +666,7 @@ class Supervisor:
         for worker in list(self.workers.values()):
             rss = rss_mib(worker.pid)
             if worker.state is State.SERVING and rss > limit:
-                self._replace(worker, f"max_worker_memory: {rss:.0f} MiB over {limit} MiB")
+                self._replace(worker, f"max_worker_memory: {rss:.0f} MiB over {limit} MiB", "max_worker_memory")
 
     def _kill_overdue(self) -> None:
         now = time.monotonic()
@@ -645,6 +707,7 @@ class WorkerTick:
         self.watcher = watcher
         self.said_ready = False
         self.said_retire = False
+        self.said_timeout = False
 
     def __call__(self) -> None:
         if not self.said_ready:
@@ -652,10 +715,11 @@ class WorkerTick:
         if os.getppid() != self.parent:
             logger.warning("Worker %d: the supervisor has gone; stopping", os.getpid())
             raise SystemExit(0)
-        if self.limit and not self.said_retire:
-            served = _tapster.stats()["requests"]
-            if served >= self.limit:
-                self.said_retire = self._tell(f"retire {served}")
+        stats = _tapster.stats()
+        if self.limit and not self.said_retire and stats["requests"] >= self.limit:
+            self.said_retire = self._tell(f"retire {stats['requests']}")
+        if not self.said_timeout and stats["request_timeouts"]:
+            self.said_timeout = self._tell("timeout")
         if self.watcher is not None:
             for path in self.watcher.changed():
                 self._tell(f"changed {path}")
@@ -675,7 +739,7 @@ def run_worker(sup: Supervisor, pipe: int, listeners: list[_Listener], draining:
     status."""
     try:
         app = sup.app if sup.app is not None else sup.load()
-        server = server_for(app, sup.adj, sup.config, listeners)
+        server = server_for(app, sup.adj, sup.config, listeners, sup.metrics)
         watcher = watch_imported_files() if sup.adj.reload else None
     except SystemExit as exc:
         if draining.started:  # told to stop while starting
@@ -695,7 +759,7 @@ def run_worker(sup: Supervisor, pipe: int, listeners: list[_Listener], draining:
         limit += random.randint(0, sup.adj.max_requests_jitter)
     tick = WorkerTick(pipe, sup.pid, limit, watcher)
     try:
-        server.run(tick=tick, max_requests=limit)
+        server.run(tick=tick, max_requests=limit, replaceable=True)
     except (SystemExit, KeyboardInterrupt):
         pass
     except BaseException as exc:  # noqa: BLE001 - the engine could not start or run
@@ -788,8 +852,10 @@ def serve_workers(
     config = engine_config(adj)  # a bad value is refused before anything is bound
     raise_fd_limit(2 * adj.connection_limit + 256, adj.connection_limit)
     listeners = bind_listeners(adj)
+    metrics: socket.socket | None = None
     try:
-        supervisor = Supervisor(adj, config, listeners, None, load)
+        metrics = bind_metrics(adj)
+        supervisor = Supervisor(adj, config, listeners, None, load, metrics)
         for slot in range(adj.workers):
             supervisor.sockets.for_slot(slot)  # with reuse_port: bound before privileges go
         if app is None and adj.preload:
@@ -803,6 +869,8 @@ def serve_workers(
         return supervisor.run()
     finally:
         supervisor_sockets_close(listeners, adj)
+        if metrics is not None:
+            metrics.close()
 
 
 def supervisor_sockets_close(listeners: list[_Listener], adj: Adjustments) -> None:

@@ -64,7 +64,7 @@ fn two_digits(out: &mut [u8], n: u32) {
 }
 
 /// Proleptic Gregorian (year, month 1-12, day 1-31) for a count of days since 1970-01-01.
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
+pub fn civil_from_days(days: i64) -> (i64, u32, u32) {
     let z = days + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z.rem_euclid(146_097);

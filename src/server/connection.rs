@@ -20,10 +20,13 @@ use super::responder::{Completion, OutputLimits, Responder, Step};
 use super::shutdown::{first_request_deadline, Shutdown, ShutdownSignal};
 use super::socket::{Conn, ReadBuf};
 use super::spool::{Body, BodySpool};
+use super::tracking::{Observer, PageFacts};
 use crate::config::Config;
 use crate::http::request::{HeadLimits, HeadParser, RequestHead, Version};
 use crate::http::response::{error_page, protocol_error_page, CONTINUE};
 use crate::http::{BodyDecoder, ErrorKind, HttpError};
+use crate::observe::access_format::Outcome;
+use crate::observe::metrics::{self, ConnState};
 
 /// State shared by every connection of one server.
 pub struct Shared {
@@ -38,6 +41,8 @@ pub struct Shared {
     pub budgets: Arc<Budgets>,
     /// Where PROXY-protocol refusals are logged (rate-limited).
     pub refusals: proxy_header::Refusals,
+    /// Hears of every finished request (metrics, access log).
+    pub observer: Arc<Observer>,
 }
 
 /// A connection's read buffer starts this small (most request heads fit) and grows to
@@ -98,6 +103,7 @@ pub async fn serve(conn: Arc<Conn>, info: Arc<ConnInfo>, shared: Arc<Shared>) {
         conn.shutdown_both();
         return;
     };
+    let state = StateGauge::new();
     let mut session = Session {
         conn,
         info,
@@ -111,6 +117,8 @@ pub async fn serve(conn: Arc<Conn>, info: Arc<ConnInfo>, shared: Arc<Shared>) {
         )),
         peer_finished: false,
         stage: Stage::Fresh { accepted },
+        request_started: accepted,
+        state,
         shared,
     };
     let end = session.run().await;
@@ -143,6 +151,33 @@ struct Session {
     /// The client shut down its sending side (or closed): no more requests will come.
     peer_finished: bool,
     stage: Stage,
+    /// When the current request's first byte arrived.
+    request_started: Instant,
+    /// What the connection is doing, for the metrics.
+    state: StateGauge,
+}
+
+/// The connection's place in `tapster_connections{state}`; leaves it when dropped.
+struct StateGauge(ConnState);
+
+impl StateGauge {
+    fn new() -> StateGauge {
+        metrics::connection_moved(None, Some(ConnState::Idle));
+        StateGauge(ConnState::Idle)
+    }
+
+    fn set(&mut self, to: ConnState) {
+        if self.0 != to {
+            metrics::connection_moved(Some(self.0), Some(to));
+            self.0 = to;
+        }
+    }
+}
+
+impl Drop for StateGauge {
+    fn drop(&mut self) {
+        metrics::connection_moved(Some(self.0), None);
+    }
 }
 
 /// Whether the connection has had a request yet (see `FIRST_REQUEST_GRACE`).
@@ -187,9 +222,7 @@ impl Session {
             };
             let body = match self.read_body(&head).await {
                 Ok(body) => body,
-                Err(BodyFailure::Protocol(err)) => {
-                    return self.reject(Some(head.version), &err).await
-                }
+                Err(BodyFailure::Protocol(err)) => return self.reject(Some(&head), &err).await,
                 Err(BodyFailure::Storage(err)) => {
                     self.shared.log.log(
                         LogLevel::Error,
@@ -202,16 +235,24 @@ impl Session {
                         "The request body could not be stored",
                         self.shared.config.ident.as_deref(),
                     );
-                    let _ = self.send_page(&page).await;
+                    let sent = self.send_page(&page).await;
+                    self.page_sent(Some(&head), &page, &sent);
                     return End::AfterResponse;
                 }
                 Err(BodyFailure::Closed) => return End::Quiet,
             };
-            let responder = Arc::new(Responder::new(
+            let mut responder = Responder::new(
                 self.conn.clone(),
                 self.shared.output_limits,
                 self.shared.budgets.clone(),
-            ));
+            );
+            let observer = &self.shared.observer;
+            if observer.active() {
+                let tracked = observer.begin(&head, &self.info, self.request_started);
+                responder = responder.tracked(observer.clone(), tracked);
+            }
+            let responder = Arc::new(responder);
+            self.state.set(ConnState::Responding);
             self.shared.dispatcher.dispatch(Request {
                 head,
                 body,
@@ -229,6 +270,7 @@ impl Session {
                     if !self.peer_finished && !self.shutdown.is_closing() =>
                 {
                     self.activity += 1;
+                    self.state.set(ConnState::Idle);
                 }
                 // Shutting down with nothing of a next request received: nothing to
                 // drain, close at once.
@@ -250,6 +292,7 @@ impl Session {
             match self.parser.parse(&mut self.rbuf, &self.shared.head_limits) {
                 Ok(Some(head)) => {
                     self.stage = Stage::Served;
+                    self.request_started = head_started.unwrap_or_else(Instant::now);
                     return Ok(head);
                 }
                 Ok(None) => {}
@@ -268,6 +311,7 @@ impl Session {
                 grace
             } else {
                 let started = *head_started.get_or_insert_with(Instant::now);
+                self.state.set(ConnState::Reading);
                 Some(started + self.shared.config.header_timeout)
             };
             match self
@@ -320,6 +364,7 @@ impl Session {
         let Some(mut decoder) = BodyDecoder::new(head.framing, config.max_request_body_size) else {
             return Ok(Body::Empty);
         };
+        self.state.set(ConnState::Reading);
         let mut spool = BodySpool::new(
             config.inbuf_overflow,
             decoder.remaining_hint(),
@@ -565,12 +610,44 @@ impl Session {
     }
 
     /// Answers a request the server refuses, then ends the connection.
-    async fn reject(&mut self, version: Option<Version>, err: &HttpError) -> End {
+    async fn reject(&mut self, head: Option<&RequestHead>, err: &HttpError) -> End {
+        let version = head.map(|h| h.version);
+        if head.is_none() {
+            self.request_started = Instant::now();
+        }
         let page = protocol_error_page(version, err, self.shared.config.ident.as_deref());
-        match self.send_page(&page).await {
+        let sent = self.send_page(&page).await;
+        self.page_sent(head, &page, &sent);
+        match sent {
             Ok(()) => End::AfterResponse,
             Err(_) => End::Quiet,
         }
+    }
+
+    /// Counts and logs an error page the server answered on its own.
+    fn page_sent(&self, head: Option<&RequestHead>, page: &[u8], sent: &io::Result<()>) {
+        let observer = &self.shared.observer;
+        if !observer.active() {
+            return;
+        }
+        let head_len = memchr::memmem::find(page, b"\r\n\r\n").map_or(page.len(), |i| i + 4);
+        let status = page
+            .get(9..12)
+            .and_then(|code| std::str::from_utf8(code).ok())
+            .and_then(|code| code.parse().ok())
+            .unwrap_or(500);
+        let facts = PageFacts {
+            head,
+            version: head.map_or(Version::Http11, |h| h.version).as_str(),
+            status,
+            body_bytes: (page.len() - head_len) as u64,
+        };
+        let outcome = if sent.is_ok() {
+            Outcome::Closed
+        } else {
+            Outcome::Aborted
+        };
+        observer.page_sent(&facts, &self.info, self.request_started, outcome);
     }
 
     async fn send_page(&mut self, page: &[u8]) -> io::Result<()> {
@@ -622,7 +699,7 @@ mod tests {
     use crate::config::ProxyProtocol;
     use crate::proxy::TrustedPeers;
     use crate::server::budget::Budgets;
-    use crate::server::conn_info::{ClientTransport, ListenerInfo, ListenerKind, Peer};
+    use crate::server::conn_info::ClientTransport;
     use crate::server::responder::{Delivery, Part};
     use crate::server::shutdown::FIRST_REQUEST_GRACE;
     use crate::test_support::{block_on as run, Quiet};
@@ -690,13 +767,9 @@ mod tests {
             refusals: proxy_header::Refusals::new(Arc::new(Quiet)),
             shutdown: shutdown.clone(),
             budgets: Budgets::unlimited(),
+            observer: Arc::new(Observer::new(None)),
         });
-        let listener = Arc::new(ListenerInfo {
-            kind: ListenerKind::Unix,
-            server_port: "test".into(),
-            app_data: Default::default(),
-        });
-        let info = Arc::new(ConnInfo::new(Peer::Unix, listener, shutdown.clone()));
+        let info = Arc::new(crate::test_support::unix_conn_info(shutdown.clone()));
         let task = tokio::spawn(serve(conn, info, shared));
         Harness {
             client: UnixStream::from_std(client).expect("a tokio stream"),

@@ -22,7 +22,9 @@ use super::ratelimit::{suppressed_note, RateLimit, Verdict};
 use super::responder::OutputLimits;
 use super::shutdown::{Shutdown, ShutdownSignal};
 use super::socket::{register, Conn};
+use super::tracking::Observer;
 use crate::config::Config;
+use crate::observe::metrics::{self, Counter};
 
 /// `TCP_NOTSENT_LOWAT` for accepted TCP connections: the kernel keeps at most this much
 /// not-yet-transmitted data queued, and reports the socket writable again below it.
@@ -89,13 +91,27 @@ pub struct Running {
     count: Arc<ConnCount>,
 }
 
+/// What a server runs on besides its configuration and the application's listeners.
+pub struct Services {
+    pub dispatcher: Arc<dyn Dispatcher>,
+    pub log: Arc<dyn EventLog>,
+    pub observer: Arc<Observer>,
+    /// The metrics listener's socket (`metrics_listen`), bound and listening.
+    pub metrics: Option<Socket>,
+}
+
 /// Starts the I/O runtime and accepts on every listener.
 pub fn start(
     config: Config,
     listeners: Vec<ListenerSpec>,
-    dispatcher: Arc<dyn Dispatcher>,
-    log: Arc<dyn EventLog>,
+    services: Services,
 ) -> io::Result<Running> {
+    let Services {
+        dispatcher,
+        log,
+        observer,
+        metrics: metrics_socket,
+    } = services;
     let flusher = dispatcher.clone();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(config.io_threads)
@@ -122,12 +138,20 @@ pub fn start(
         config,
         dispatcher,
         refusals: Refusals::new(log.clone()),
-        log,
+        log: log.clone(),
         shutdown: shutdown.clone(),
+        observer,
     });
     let mut listening = Vec::with_capacity(listeners.len());
     {
         let _enter = runtime.enter();
+        if let Some(socket) = metrics_socket {
+            runtime.spawn(super::metrics_endpoint::serve(
+                socket,
+                shutdown.clone(),
+                log,
+            ));
+        }
         for spec in listeners {
             spec.socket.set_nonblocking(true)?;
             if spec.sharing == Sharing::Owned {
@@ -357,6 +381,7 @@ fn start_connection(
     shared: &Arc<Shared>,
     done: impl FnOnce() + Send + 'static,
 ) {
+    metrics::count(Counter::Accepted, 1);
     if info.kind == ListenerKind::Tcp {
         let _ = socket.set_tcp_nodelay(true);
         let _ = socket.set_tcp_notsent_lowat(NOTSENT_LOWAT);

@@ -43,6 +43,7 @@ impl Refusals {
     }
 
     fn refuse(&self, peer: &Peer, refusal: &Refusal) {
+        crate::observe::metrics::count(crate::observe::metrics::Counter::RefusedProxyProtocol, 1);
         if let Verdict::Say { suppressed } = self.limit.hit() {
             let note = suppressed_note(suppressed);
             self.log.log(

@@ -29,7 +29,9 @@ use smallvec::SmallVec;
 use super::budget::Budgets;
 use super::socket::Conn;
 use super::spool::SpillFile;
+use super::tracking::{Observer, Tracked};
 use crate::config::Config;
+use crate::observe::access_format::{Outcome, Record};
 
 /// Output buffering limits (`outbuf_overflow`, `outbuf_high_watermark`).
 #[derive(Clone, Copy, Debug)]
@@ -152,6 +154,11 @@ struct Inner {
     on_finished: Option<FinishCallback>,
     /// The connection task has noticed (for its idle timeout) that the response is done.
     completion_seen: bool,
+    /// The request as the metrics and the access log follow it, until it ends.
+    tracked: Option<Tracked>,
+    /// The server answered in the application's place (`answer_instead`): whatever the
+    /// application still sends is refused.
+    taken_over: bool,
 }
 
 impl Inner {
@@ -215,6 +222,10 @@ pub struct Responder<S: Sink = Conn> {
     budgets: Arc<Budgets>,
     inner: Mutex<Inner>,
     room: Condvar,
+    /// Who hears of the end of the tracked request.
+    observer: Option<Arc<Observer>>,
+    /// Bytes written to the socket for this response (head included).
+    sent: AtomicU64,
 }
 
 /// Gathering buffers start at this size and stop growing at `GATHER_MAX`.
@@ -258,9 +269,101 @@ impl<S: Sink> Responder<S> {
                 on_drain: None,
                 on_finished: None,
                 completion_seen: false,
+                tracked: None,
+                taken_over: false,
             }),
             room: Condvar::new(),
+            observer: None,
+            sent: AtomicU64::new(0),
         }
+    }
+
+    /// Follows `tracked` to the response's end, and reports it to `observer`.
+    pub fn tracked(mut self, observer: Arc<Observer>, tracked: Tracked) -> Responder<S> {
+        self.inner
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner())
+            .tracked = Some(tracked);
+        self.observer = Some(observer);
+        self
+    }
+
+    /// The observer, for what the application side adds to the record.
+    pub fn observer(&self) -> Option<&Observer> {
+        self.observer.as_deref()
+    }
+
+    /// The response head (`status`, `head_len` bytes) is going out.
+    pub fn note_head(&self, status: u16, head_len: usize) {
+        if let Some(t) = self.lock().tracked.as_mut() {
+            t.note_head(status, head_len);
+        }
+    }
+
+    /// Lets the application side fill in the access log's record (if there is one).
+    pub fn with_record(&self, fill: impl FnOnce(&mut Record)) {
+        if let Some(record) = self.lock().tracked.as_mut().and_then(Tracked::details) {
+            fill(record);
+        }
+    }
+
+    /// When the tracked request's first byte arrived (None: not tracked).
+    pub fn started(&self) -> Option<std::time::Instant> {
+        self.lock().tracked.as_ref().map(Tracked::started)
+    }
+
+    /// Ends the tracking (once) with `outcome`; the caller reports it after unlocking.
+    fn settle(&self, inner: &mut Inner, outcome: Outcome) -> Option<(Tracked, Outcome)> {
+        inner.tracked.take().map(|t| (t, outcome))
+    }
+
+    fn report(&self, settled: Option<(Tracked, Outcome)>) {
+        if let (Some((tracked, outcome)), Some(observer)) = (settled, &self.observer) {
+            observer.finished(tracked, outcome, self.sent.load(Ordering::Relaxed));
+        }
+    }
+
+    /// How a complete response leaves its connection.
+    fn completed(inner: &Inner) -> Outcome {
+        match inner.production {
+            Production::Finished { keep_alive: true } => Outcome::KeptAlive,
+            _ => Outcome::Closed,
+        }
+    }
+
+    /// Answers with `page` (a complete response with `status` and a head of
+    /// `head_len` bytes, closing the connection) instead of the application, if nothing
+    /// of the application's response has been sent or queued yet. From then on the
+    /// application's output is refused as if the client had gone. False if it was too
+    /// late (the caller then cuts the connection with `fail`).
+    pub fn answer_instead(&self, page: Bytes, status: u16, head_len: usize) -> bool {
+        let mut inner = self.lock();
+        let untouched = !inner.failed
+            && !inner.taken_over
+            && inner.production == Production::InProgress
+            && inner.queue.is_empty()
+            && inner.writer == Writer::Idle
+            && self.sent.load(Ordering::Relaxed) == 0;
+        if !untouched {
+            return false;
+        }
+        inner.taken_over = true;
+        if let Some(t) = inner.tracked.as_mut() {
+            t.note_head(status, head_len);
+        }
+        let len = page.len();
+        if self.take_memory(&mut inner, len) {
+            inner.queue.push_back(Chunk::Bytes(page));
+        } else if self.spill(&mut inner, &page).is_err() {
+            drop(inner);
+            self.fail();
+            return true;
+        }
+        inner.production = Production::Finished { keep_alive: false };
+        if let Some(w) = inner.waker.take() {
+            w.wake();
+        }
+        true
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -279,7 +382,7 @@ impl<S: Sink> Responder<S> {
     /// copied (small ones gathered into one buffer) only when queued.
     pub fn send(&self, parts: &[Part<'_>], delivery: Delivery) -> Result<(), ClientGone> {
         let mut inner = self.lock();
-        if inner.failed {
+        if inner.failed || inner.taken_over {
             return Err(ClientGone);
         }
         if parts.iter().all(|p| p.is_empty()) {
@@ -300,7 +403,10 @@ impl<S: Sink> Responder<S> {
             inner = self.lock();
             inner.writer = Writer::Idle;
             match result {
-                Ok(n) => skip = n,
+                Ok(n) => {
+                    self.sent.fetch_add(n as u64, Ordering::Relaxed);
+                    skip = n;
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(_) => {
                     self.fail_locked(inner);
@@ -402,7 +508,7 @@ impl<S: Sink> Responder<S> {
     /// Queues a file segment for `sendfile(2)` by the connection task.
     pub fn send_file(&self, segment: FileSegment) -> Result<(), ClientGone> {
         let mut inner = self.lock();
-        if inner.failed {
+        if inner.failed || inner.taken_over {
             return Err(ClientGone);
         }
         if segment.len > 0 {
@@ -431,10 +537,13 @@ impl<S: Sink> Responder<S> {
             } else {
                 None
             };
+            let outcome = Self::completed(&inner);
+            let settled = self.settle(&mut inner, outcome);
             drop(inner);
             if let Some(w) = waker {
                 w.wake();
             }
+            self.report(settled);
             if let Some(cb) = callback {
                 cb(true);
             }
@@ -499,6 +608,11 @@ impl<S: Sink> Responder<S> {
 
     pub fn is_failed(&self) -> bool {
         self.lock().failed
+    }
+
+    /// Whether the server answered in the application's place (`answer_instead`).
+    pub fn answered_instead(&self) -> bool {
+        self.lock().taken_over
     }
 
     // ----- consumer side (the connection task) -----------------------------------------
@@ -624,12 +738,14 @@ impl<S: Sink> Responder<S> {
         } else {
             inner.on_drain.take()
         };
-        let finished = if inner.complete() {
-            inner.on_finished.take()
+        let (finished, settled) = if inner.complete() {
+            let outcome = Self::completed(&inner);
+            (inner.on_finished.take(), self.settle(&mut inner, outcome))
         } else {
-            None
+            (None, None)
         };
         drop(inner);
+        self.report(settled);
         if let Some(resume) = resume {
             resume();
         }
@@ -657,7 +773,9 @@ impl<S: Sink> Responder<S> {
         let waker = inner.waker.take();
         let resume = inner.on_drain.take();
         let finished = inner.on_finished.take();
+        let settled = self.settle(&mut inner, Outcome::Aborted);
         drop(inner);
+        self.report(settled);
         self.room.notify_all();
         if let Some(w) = waker {
             w.wake();
@@ -685,7 +803,7 @@ impl<S: Sink> Responder<S> {
                 }
                 Chunk::File(segment) => {
                     self.write_bytes(&mut bufs, stall).await?;
-                    send_file_segment(&*self.conn, &segment, stall).await?;
+                    send_file_segment(&*self.conn, &segment, stall, &self.sent).await?;
                 }
                 Chunk::Spilled(_) | Chunk::Gathered(_) => {
                     return Err(io::Error::other("unexpected chunk in a batch"))
@@ -705,6 +823,7 @@ impl<S: Sink> Responder<S> {
             if n == 0 {
                 return Err(io::ErrorKind::WriteZero.into());
             }
+            self.sent.fetch_add(n as u64, Ordering::Relaxed);
             while n > 0 {
                 let len = bufs[first].len();
                 if n >= len {
@@ -744,6 +863,10 @@ impl<S: Sink> Drop for Responder<S> {
         let inner = self.inner.get_mut().unwrap_or_else(|e| e.into_inner());
         let queued = std::mem::take(&mut inner.mem_bytes);
         self.budgets.outbuf_memory.give(queued as u64);
+        // A response that never completed nor failed (its connection task and its
+        // producer both gone) still ends its record.
+        let settled = inner.tracked.take().map(|t| (t, Outcome::Aborted));
+        self.report(settled);
     }
 }
 
@@ -758,6 +881,7 @@ async fn send_file_segment(
     conn: &impl Sink,
     segment: &FileSegment,
     stall: Duration,
+    counted: &AtomicU64,
 ) -> io::Result<()> {
     use std::os::fd::AsRawFd;
     const MAX_SENDFILE: u64 = 1 << 30;
@@ -773,6 +897,7 @@ async fn send_file_segment(
             ));
         }
         sent += n as u64;
+        counted.fetch_add(n as u64, Ordering::Relaxed);
         SENDFILE_BYTES.fetch_add(n as u64, Ordering::Relaxed);
     }
     Ok(())
@@ -894,6 +1019,160 @@ mod tests {
     }
 
     const STALL: Duration = Duration::from_secs(5);
+
+    // ----- tracking: the end of a response, once, for the access log ----------------------
+
+    /// Access-log lines, kept in memory.
+    #[derive(Clone, Default)]
+    struct Lines(Arc<Mutex<Vec<u8>>>);
+
+    impl crate::observe::access_log::LineSink for Lines {
+        fn write_lines(&mut self, lines: &[u8]) {
+            self.0.lock().unwrap().extend_from_slice(lines);
+        }
+    }
+
+    /// A responder followed by an observer whose access log writes `status bytes X`.
+    fn tracked_responder(sink: &Arc<FakeSink>) -> (Responder<FakeSink>, Arc<Observer>, Lines) {
+        use crate::observe::access_format::Format;
+        use crate::observe::access_log::{AccessLog, Destination};
+        use crate::server::shutdown::ShutdownSignal;
+        let lines = Lines::default();
+        let format = Format::parse("%(r)s %(s)s %(b)s %(X)s").unwrap();
+        let log = AccessLog::start(
+            format,
+            Destination::Sink(Box::new(lines.clone())),
+            Arc::new(|_| {}),
+        )
+        .unwrap();
+        let observer = Arc::new(Observer::new(Some(log)));
+        let head = crate::test_support::head(b"GET /t?q=1 HTTP/1.1\r\nHost: x\r\n\r\n");
+        let info = crate::test_support::unix_conn_info(ShutdownSignal::new());
+        let tracked = observer.begin(&head, &info, std::time::Instant::now());
+        let r = responder(sink, LIMITS, &Budgets::unlimited()).tracked(observer.clone(), tracked);
+        (r, observer, lines)
+    }
+
+    fn logged(observer: &Observer, lines: &Lines) -> String {
+        observer.close();
+        String::from_utf8(lines.0.lock().unwrap().clone()).unwrap()
+    }
+
+    fn still_tracked(r: &Responder<FakeSink>) -> bool {
+        r.lock().tracked.is_some()
+    }
+
+    #[test]
+    fn a_response_written_directly_ends_its_record_once_with_its_body_bytes() {
+        let sink = FakeSink::new(Script {
+            direct: 1 << 20,
+            ..Script::default()
+        });
+        let (r, observer, lines) = tracked_responder(&sink);
+        let head = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n";
+        r.note_head(200, head.len());
+        r.send(
+            &[Part::Borrowed(head), Part::Borrowed(b"hello")],
+            Delivery::Direct,
+        )
+        .unwrap();
+        r.finish(true);
+        assert!(!still_tracked(&r));
+        r.fail(); // later failures change nothing
+        assert_eq!(logged(&observer, &lines), "GET /t?q=1 HTTP/1.1 200 5 +\n");
+    }
+
+    #[test]
+    fn a_queued_response_is_logged_only_once_its_last_byte_is_written() {
+        let sink = FakeSink::new(Script {
+            direct: 0,
+            per_send: 7,
+            ..Script::default()
+        });
+        let (r, observer, lines) = tracked_responder(&sink);
+        let head = b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n";
+        r.note_head(200, head.len());
+        r.send(
+            &[Part::Borrowed(head), Part::Borrowed(&[b'x'; 100])],
+            Delivery::Direct,
+        )
+        .unwrap();
+        r.finish(false);
+        assert!(
+            still_tracked(&r),
+            "finished by the producer, not yet written"
+        );
+        block_on(drain(&r, STALL)).unwrap();
+        assert!(!still_tracked(&r));
+        assert_eq!(logged(&observer, &lines), "GET /t?q=1 HTTP/1.1 200 100 -\n");
+    }
+
+    #[test]
+    fn a_response_cut_short_is_logged_as_aborted_with_the_bytes_that_went_out() {
+        let sink = FakeSink::new(Script {
+            direct: 50,
+            ..Script::default()
+        });
+        let (r, observer, lines) = tracked_responder(&sink);
+        let head = b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n";
+        r.note_head(200, head.len());
+        r.send(
+            &[Part::Borrowed(head), Part::Borrowed(&[b'x'; 1000])],
+            Delivery::Direct,
+        )
+        .unwrap();
+        r.fail();
+        let body_sent = 50 - head.len();
+        assert_eq!(
+            logged(&observer, &lines),
+            format!("GET /t?q=1 HTTP/1.1 200 {body_sent} X\n")
+        );
+    }
+
+    #[test]
+    fn a_response_dropped_unfinished_is_still_logged() {
+        let sink = FakeSink::new(Script::default());
+        let (r, observer, lines) = tracked_responder(&sink);
+        drop(r);
+        assert_eq!(logged(&observer, &lines), "GET /t?q=1 HTTP/1.1 - - X\n");
+    }
+
+    #[test]
+    fn the_server_answers_instead_only_while_nothing_of_the_response_went_out() {
+        let sink = FakeSink::new(Script {
+            direct: 1 << 20,
+            per_send: 1 << 20,
+            ..Script::default()
+        });
+        let (r, observer, lines) = tracked_responder(&sink);
+        let page = b"HTTP/1.1 504 Gateway Timeout\r\nContent-Length: 2\r\n\r\nno";
+        assert!(r.answer_instead(Bytes::from_static(page), 504, page.len() - 2));
+        assert!(r.answered_instead());
+        // The application's late output is refused as if its client had gone...
+        assert_eq!(
+            r.send(
+                &[Part::Borrowed(b"HTTP/1.1 200 OK\r\n\r\n")],
+                Delivery::Direct
+            ),
+            Err(ClientGone)
+        );
+        r.finish(true);
+        // ...and the page goes out in full, closing the connection.
+        let end = block_on(drain(&r, STALL)).unwrap();
+        assert!(matches!(end, Step::Done { keep_alive: false }), "{end:?}");
+        assert_eq!(sink.written(), page);
+        assert_eq!(logged(&observer, &lines), "GET /t?q=1 HTTP/1.1 504 2 -\n");
+
+        let sink = FakeSink::new(Script {
+            direct: 1 << 20,
+            ..Script::default()
+        });
+        let (r, _observer, _lines) = tracked_responder(&sink);
+        r.send(&[Part::Borrowed(b"HTTP/1.1 200 OK\r\n")], Delivery::Direct)
+            .unwrap();
+        assert!(!r.answer_instead(Bytes::from_static(page), 504, 10));
+        assert!(!r.answered_instead());
+    }
 
     #[test]
     fn a_partial_direct_write_leaves_the_rest_to_the_connection_task() {

@@ -12,9 +12,13 @@ use bytes::{BufMut, BytesMut};
 use socket2::Socket;
 use tokio::io::unix::AsyncFd;
 
+use crate::observe::metrics::{self, Counter};
+
 /// A connected, non-blocking stream socket (TCP or Unix).
 pub struct Conn {
     io: AsyncFd<Socket>,
+    /// Whether its bytes count in the metrics (a client's do; a scraper's do not).
+    counted: bool,
 }
 
 /// Registers a socket with the current tokio reactor.
@@ -91,7 +95,23 @@ impl Conn {
     pub fn new(socket: Socket) -> io::Result<Conn> {
         Ok(Conn {
             io: register(socket)?,
+            counted: true,
         })
+    }
+
+    /// A connection whose bytes the metrics leave out (the metrics listener's own).
+    pub fn uncounted(socket: Socket) -> io::Result<Conn> {
+        Ok(Conn {
+            io: register(socket)?,
+            counted: false,
+        })
+    }
+
+    #[inline]
+    fn count(&self, counter: Counter, n: usize) {
+        if self.counted && n > 0 {
+            metrics::count(counter, n as u64);
+        }
     }
 
     pub fn raw_fd(&self) -> RawFd {
@@ -129,6 +149,7 @@ impl Conn {
                 Ok(Ok(n)) => {
                     // SAFETY: recv initialised the first `n` bytes of the spare capacity.
                     unsafe { buf.filled(n) };
+                    self.count(Counter::BytesReceived, n);
                     if n > 0 && n < want {
                         // A short read drained the socket: wait for the next edge instead of
                         // paying for a read that would only say EAGAIN.
@@ -149,6 +170,10 @@ impl Conn {
         loop {
             match self.io.get_ref().send_vectored_with_flags(bufs, SEND_FLAGS) {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Ok(n) => {
+                    self.count(Counter::BytesSent, n);
+                    return Ok(n);
+                }
                 other => return other,
             }
         }
@@ -164,7 +189,12 @@ impl Conn {
                     other => return other,
                 }
             }) {
-                Ok(result) => return result,
+                Ok(result) => {
+                    if let Ok(n) = result {
+                        self.count(Counter::BytesSent, n);
+                    }
+                    return result;
+                }
                 Err(_would_block) => continue,
             }
         }
@@ -202,7 +232,13 @@ impl Conn {
                 }
             });
             match result {
-                Ok(r) => return r,
+                Ok(r) => {
+                    if let Ok(n) = r {
+                        self.count(Counter::BytesSent, n);
+                        self.count(Counter::SendfileBytes, n);
+                    }
+                    return r;
+                }
                 Err(_would_block) => continue,
             }
         }

@@ -13,7 +13,7 @@ use std::fs::File;
 use std::sync::Arc;
 
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyList, PyTuple};
+use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
 
 use super::environ::EnvironTemplate;
 use super::file_wrapper::{FileWrapper, ZeroCopyTypes};
@@ -21,7 +21,8 @@ use super::input::Input;
 use super::log::Loggers;
 use super::pool::{Job, PoolShared, Runner};
 use super::start_response::{
-    ClientDisconnected, RequestFacts, ResponseSettings, ResponseState, SendError, StartResponse,
+    note_head, ClientDisconnected, RequestFacts, ResponseSettings, ResponseState, SendError,
+    StartResponse,
 };
 use crate::http::RequestHead;
 use crate::proxy::Decision;
@@ -204,7 +205,8 @@ impl AppContext {
         let result = self
             .app
             .bind(py)
-            .call1((environ, exchange.start.bind(py)))?;
+            .call1((&environ, exchange.start.bind(py)))?;
+        note_environ(&environ, &exchange.responder);
         exchange.app_iter = Some(result.clone().unbind());
         exchange.source = self.source_for(py, &result, exchange)?;
         Ok(())
@@ -398,7 +400,13 @@ impl AppContext {
     pub fn fail(&self, py: Python<'_>, mut exchange: Exchange, err: PyErr) {
         let path = self.template.path_for_log(exchange.head.target());
         let responder = exchange.responder.clone();
-        if err.is_instance_of::<ClientDisconnected>(py) || responder.is_failed() {
+        if responder.answered_instead() {
+            self.loggers.log(
+                py,
+                LogLevel::Info,
+                &format!("{path} returned after request_timeout; its response was dropped"),
+            );
+        } else if err.is_instance_of::<ClientDisconnected>(py) || responder.is_failed() {
             self.loggers.log(
                 py,
                 LogLevel::Info,
@@ -417,6 +425,9 @@ impl AppContext {
                     };
                     let page = start.error_page(&detail);
                     drop(start);
+                    let head_len =
+                        memchr::memmem::find(&page, b"\r\n\r\n").map_or(page.len(), |i| i + 4);
+                    note_head(&responder, 500, &page[..head_len]);
                     let _ =
                         py.detach(|| responder.send(&[Part::Borrowed(&page)], Delivery::Direct));
                     responder.finish(false);
@@ -471,6 +482,27 @@ impl AppContext {
             }
         }
     }
+}
+
+/// For the access log: REMOTE_ADDR as the application saw it (after the proxy rules,
+/// and any middleware), and the environ values the format asks for, read once the
+/// application has returned.
+fn note_environ(environ: &Bound<'_, PyDict>, responder: &Responder) {
+    let Some(format) = responder.observer().and_then(|o| o.format()) else {
+        return;
+    };
+    let text = |key: &str| -> Option<String> {
+        let value = environ.get_item(key).ok()??;
+        value.str().ok()?.to_str().ok().map(str::to_owned)
+    };
+    let remote = text("REMOTE_ADDR");
+    let values: Vec<Option<String>> = format.environ_keys().iter().map(|k| text(k)).collect();
+    responder.with_record(|record| {
+        if let Some(remote) = remote {
+            record.remote_addr = remote;
+        }
+        record.environ = values;
+    });
 }
 
 /// Every item of a list or tuple from `next` on, and their total size; `None` when

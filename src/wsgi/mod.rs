@@ -11,6 +11,8 @@ pub mod exchange;
 pub mod file_wrapper;
 pub mod input;
 pub mod log;
+pub mod monitor;
+pub mod observe_py;
 pub mod options;
 pub mod pool;
 pub mod py_server;

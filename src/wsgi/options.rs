@@ -11,7 +11,8 @@ use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
 use super::WsgiConfig;
-use crate::config::{Config, ProxyProtocol};
+use crate::config::{AccessLogTarget, Config, ProxyProtocol};
+use crate::observe::access_format::Format;
 use crate::proxy::{self, ProxyConfig, TrustedPeers};
 
 /// The options the engine takes (exported to Python as `ENGINE_OPTIONS`, where a test
@@ -38,6 +39,11 @@ pub const ENGINE_OPTIONS: &[&str] = &[
     "ident",
     "log_socket_errors",
     "proxy_protocol",
+    "access_log",
+    "access_log_format",
+    "access_log_logger",
+    "dump_slow_requests_after",
+    "request_timeout",
     "url_scheme",
     "url_prefix",
     "server_name",
@@ -110,8 +116,40 @@ fn seconds(options: &Bound<'_, PyDict>, name: &str) -> PyResult<Duration> {
     Ok(Duration::from_secs_f64(value.min(A_YEAR)))
 }
 
+/// A duration in seconds where 0 means off.
+fn seconds_or_off(options: &Bound<'_, PyDict>, name: &str) -> PyResult<Option<Duration>> {
+    let value: f64 = required(options, name)?;
+    if value == 0.0 {
+        return Ok(None);
+    }
+    seconds(options, name).map(Some)
+}
+
+/// `access_log` (a path, or `-` for standard error) or `access_log_logger`, and the
+/// parsed `access_log_format`.
+fn access_log(o: &Bound<'_, PyDict>) -> PyResult<(AccessLogTarget, Format)> {
+    let path: Option<String> = required(o, "access_log")?;
+    let logger: bool = required(o, "access_log_logger")?;
+    let text: String = required(o, "access_log_format")?;
+    let format = Format::parse(&text).map_err(PyValueError::new_err)?;
+    let target = match (path.as_deref().filter(|p| !p.is_empty()), logger) {
+        (Some(_), true) => {
+            return Err(PyValueError::new_err(
+                "access_log and access_log_logger exclude each other: the lines go to a file \
+                 or to the logger tapster.access, not both",
+            ))
+        }
+        (None, true) => AccessLogTarget::Logger,
+        (None, false) => AccessLogTarget::Off,
+        (Some("-"), false) => AccessLogTarget::Stderr,
+        (Some(path), false) => AccessLogTarget::File(path.into()),
+    };
+    Ok((target, format))
+}
+
 fn engine_config(o: &Bound<'_, PyDict>) -> PyResult<Config> {
     let ident: Option<String> = required(o, "ident")?;
+    let (access_log, access_log_format) = access_log(o)?;
     let config = Config {
         threads: required(o, "threads")?,
         io_threads: required(o, "io_threads")?,
@@ -134,6 +172,10 @@ fn engine_config(o: &Bound<'_, PyDict>) -> PyResult<Config> {
         ident: ident.filter(|s| !s.is_empty()),
         log_socket_errors: required(o, "log_socket_errors")?,
         proxy_protocol: proxy_protocol(o)?,
+        access_log,
+        access_log_format,
+        dump_slow_requests_after: seconds_or_off(o, "dump_slow_requests_after")?,
+        request_timeout: seconds_or_off(o, "request_timeout")?,
     };
     config.validate().map_err(PyValueError::new_err)?;
     Ok(config)

@@ -20,6 +20,8 @@ use std::time::{Duration, Instant};
 
 use pyo3::prelude::*;
 
+use super::monitor::InFlight;
+use crate::observe::metrics::{self, Gauge};
 use crate::server::{Dispatcher, EventLog, LogLevel, Request, Responder};
 
 /// The watchdog's period: a draining thread found blocked (sleeping, waiting on I/O)
@@ -93,6 +95,8 @@ pub struct PoolShared {
     /// An I/O thread queued work without waking a worker (see `Dispatcher::flush`).
     wake_deferred: AtomicBool,
     log: Arc<dyn EventLog>,
+    /// Which request each thread runs, when stuck requests are looked for.
+    in_flight: Option<Arc<InFlight>>,
 }
 
 impl PoolShared {
@@ -115,7 +119,14 @@ impl PoolShared {
             tids: (0..threads).map(|_| AtomicI32::new(0)).collect(),
             wake_deferred: AtomicBool::new(false),
             log,
+            in_flight: None,
         }
+    }
+
+    /// Records each thread's request in `in_flight` (for the stuck-request monitor).
+    pub fn with_in_flight(mut self, in_flight: Arc<InFlight>) -> PoolShared {
+        self.in_flight = Some(in_flight);
+        self
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -132,6 +143,7 @@ impl PoolShared {
     fn enqueue(&self, job: Job, defer: bool) {
         let mut state = self.lock();
         state.queue.push_back(job);
+        metrics::gauge_set(Gauge::QueueDepth, state.queue.len() as i64);
         if state.running == 0 && state.waking == 0 {
             if defer && state.queue.len() < DEFERRED_WAKE_LIMIT {
                 self.wake_deferred.store(true, Ordering::Release);
@@ -210,7 +222,9 @@ impl PoolShared {
                 state.recruits = state.recruits.saturating_sub(1);
                 state.running += 1;
                 self.current_job[index].store(serial, Ordering::Relaxed);
-                return state.queue.pop_front();
+                let job = state.queue.pop_front();
+                metrics::gauge_set(Gauge::QueueDepth, state.queue.len() as i64);
+                return job;
             }
             if state.shutdown && state.queue.is_empty() {
                 return None;
@@ -252,6 +266,7 @@ impl PoolShared {
         match state.queue.pop_front() {
             Some(job) => {
                 self.current_job[index].store(serial, Ordering::Relaxed);
+                metrics::gauge_set(Gauge::QueueDepth, state.queue.len() as i64);
                 Some(job)
             }
             None => {
@@ -355,6 +370,9 @@ impl PoolShared {
     }
 
     fn shutdown(&self) {
+        if let Some(in_flight) = &self.in_flight {
+            in_flight.stop_monitor();
+        }
         let mut state = self.lock();
         state.shutdown = true;
         self.wake_all(&mut state);
@@ -396,6 +414,7 @@ pub struct Pool {
 
 impl Pool {
     pub fn start<R: Runner>(shared: Arc<PoolShared>, runner: Arc<R>) -> std::io::Result<Pool> {
+        metrics::gauge_set(Gauge::Threads, shared.current_job.len() as i64);
         let mut threads = Vec::with_capacity(shared.current_job.len() + 1);
         for index in 0..shared.current_job.len() {
             let shared = shared.clone();
@@ -426,8 +445,15 @@ impl Pool {
         self.shared.shutdown();
         let deadline = Instant::now() + timeout;
         let mut busy = 0;
-        for handle in self.threads {
-            while !handle.is_finished() && Instant::now() < deadline {
+        let given_up = |index: usize| {
+            self.shared
+                .in_flight
+                .as_ref()
+                .is_some_and(|f| f.given_up(index))
+        };
+        for (index, handle) in self.threads.into_iter().enumerate() {
+            // A thread stuck past request_timeout is not waited for.
+            while !handle.is_finished() && Instant::now() < deadline && !given_up(index) {
                 std::thread::sleep(Duration::from_millis(5));
             }
             if handle.is_finished() {
@@ -456,7 +482,7 @@ fn worker<R: Runner>(index: usize, shared: &PoolShared, runner: &Arc<R>) {
         while let Some(first) = py.detach(|| shared.wait_for_work(index, serial)) {
             let mut job = first;
             loop {
-                run(py, runner, shared, job);
+                run(py, runner, shared, index, job);
                 serial += 1;
                 match shared.next_job(index, serial) {
                     Some(next) => job = next,
@@ -480,11 +506,25 @@ fn thread_blocked(tid: i32) -> bool {
     !matches!(state, Some('R'))
 }
 
-fn run<R: Runner>(py: Python<'_>, runner: &Arc<R>, shared: &PoolShared, job: Job) {
+fn run<R: Runner>(py: Python<'_>, runner: &Arc<R>, shared: &PoolShared, index: usize, job: Job) {
     let responder = match &job {
-        Job::Request(request) => Some(request.responder.clone()),
+        Job::Request(request) => {
+            if let Some(in_flight) = &shared.in_flight {
+                in_flight.begin(index, request);
+            }
+            Some(request.responder.clone())
+        }
         Job::Continue { responder, .. } => Some(responder.clone()),
         Job::Call(_) => None,
+    };
+    let busy = responder.is_some();
+    if busy {
+        metrics::gauge_add(Gauge::ThreadsBusy, 1);
+    }
+    let _done = JobDone {
+        shared,
+        index,
+        busy,
     };
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         let exit_guard = HangOnThreadExit;
@@ -502,6 +542,24 @@ fn run<R: Runner>(py: Python<'_>, runner: &Arc<R>, shared: &PoolShared, job: Job
         );
         if let Some(responder) = responder {
             responder.fail();
+        }
+    }
+}
+
+/// Ends a job's bookkeeping, however the job ended.
+struct JobDone<'a> {
+    shared: &'a PoolShared,
+    index: usize,
+    busy: bool,
+}
+
+impl Drop for JobDone<'_> {
+    fn drop(&mut self) {
+        if self.busy {
+            metrics::gauge_add(Gauge::ThreadsBusy, -1);
+        }
+        if let Some(in_flight) = &self.shared.in_flight {
+            in_flight.end(self.index);
         }
     }
 }
@@ -562,14 +620,12 @@ mod tests {
     //! only queued, taken and dropped).
 
     use super::*;
-    use crate::http::{HeadLimits, HeadParser};
     use crate::server::budget::Budgets;
     use crate::server::responder::OutputLimits;
     use crate::server::shutdown::ShutdownSignal;
     use crate::server::socket::Conn;
-    use crate::server::{Body, ConnInfo, ListenerInfo, ListenerKind, Peer};
+    use crate::server::Body;
     use crate::test_support::{runtime, Quiet};
-    use bytes::BytesMut;
 
     fn pool(threads: usize) -> PoolShared {
         PoolShared::new(threads, Arc::new(Quiet))
@@ -585,16 +641,7 @@ mod tests {
         let (server, _client) = std::os::unix::net::UnixStream::pair().unwrap();
         server.set_nonblocking(true).unwrap();
         let conn = Arc::new(Conn::new(socket2::Socket::from(server)).unwrap());
-        let mut raw = BytesMut::from(&b"POST /x HTTP/1.1\r\nHost: t\r\n\r\n"[..]);
-        let head = HeadParser::new()
-            .parse(&mut raw, &HeadLimits::default())
-            .unwrap()
-            .unwrap();
-        let listener = Arc::new(ListenerInfo {
-            kind: ListenerKind::Unix,
-            server_port: "t".into(),
-            app_data: Default::default(),
-        });
+        let head = crate::test_support::head(b"POST /x HTTP/1.1\r\nHost: t\r\n\r\n");
         let limits = OutputLimits {
             overflow: 1 << 20,
             high_watermark: 1 << 24,
@@ -602,7 +649,7 @@ mod tests {
         Request {
             head,
             body: Body::Empty,
-            conn: Arc::new(ConnInfo::new(Peer::Unix, listener, ShutdownSignal::new())),
+            conn: Arc::new(crate::test_support::unix_conn_info(ShutdownSignal::new())),
             responder: Arc::new(Responder::new(conn, limits, Budgets::unlimited())),
         }
     }

@@ -16,14 +16,20 @@ use super::environ::EnvironTemplate;
 use super::exchange::AppContext;
 use super::file_wrapper::{FileWrapper, ZeroCopyTypes};
 use super::log::{Control, Loggers};
+use super::monitor::{InFlight, Limits};
+use super::observe_py::LoggerSink;
 use super::options::EngineConfig;
 use super::pool::{Pool, PoolShared, REQUEST_LIMIT};
 use super::signals::SignalWaker;
 use super::start_response::ResponseSettings;
 use super::WsgiConfig;
-use crate::config::Config;
+use crate::config::{AccessLogTarget, Config};
+use crate::observe::access_log::{AccessLog, Destination};
+use crate::observe::metrics;
+use crate::server::tracking::Observer;
 use crate::server::{
-    self, Dispatcher, EventLog, ListenerInfo, ListenerKind, ListenerSpec, LogLevel, Sharing,
+    self, Dispatcher, EventLog, ListenerInfo, ListenerKind, ListenerSpec, LogLevel, Services,
+    Sharing,
 };
 
 /// How often the thread in `run()` wakes to let Python handle signals (main thread only).
@@ -35,12 +41,30 @@ pub struct PyServer {
     config: Config,
     wsgi: WsgiConfig,
     listeners: Mutex<Option<Vec<ListenerSpec>>>,
+    /// The metrics listener (`metrics_listen`), until `run()` takes it.
+    metrics: Mutex<Option<Socket>>,
     control: Arc<Control>,
+    /// The running server's observer (for `reopen_logs`).
+    observer: Mutex<Option<Arc<Observer>>>,
 }
 
 /// One listener as the Python layer describes it: `(fileno, "tcp" | "unix",
 /// server_port, "owned" | "inherited" | "workers")`.
 type ListenerTuple = (i32, String, String, String);
+
+/// A duplicate of descriptor `fd`, owned by the engine.
+fn duplicate(fd: i32) -> PyResult<Socket> {
+    // SAFETY: F_DUPFD_CLOEXEC on a descriptor the caller says is open returns a new
+    // descriptor (or -1); it does not touch memory.
+    let dup = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) };
+    if dup < 0 {
+        return Err(PyOSError::new_err(
+            std::io::Error::last_os_error().to_string(),
+        ));
+    }
+    // SAFETY: `dup` is a fresh descriptor that nothing else owns.
+    Ok(unsafe { Socket::from_raw_fd(dup) })
+}
 
 fn listener_from((fd, kind, server_port, sharing): ListenerTuple) -> PyResult<ListenerSpec> {
     let kind = match kind.as_str() {
@@ -62,16 +86,7 @@ fn listener_from((fd, kind, server_port, sharing): ListenerTuple) -> PyResult<Li
             )))
         }
     };
-    // SAFETY: F_DUPFD_CLOEXEC on a descriptor the caller says is open returns a new
-    // descriptor (or -1); it does not touch memory.
-    let dup = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) };
-    if dup < 0 {
-        return Err(PyOSError::new_err(
-            std::io::Error::last_os_error().to_string(),
-        ));
-    }
-    // SAFETY: `dup` is a fresh descriptor that nothing else owns.
-    let socket = unsafe { Socket::from_raw_fd(dup) };
+    let socket = duplicate(fd)?;
     Ok(ListenerSpec {
         socket,
         info: Arc::new(ListenerInfo {
@@ -89,12 +104,15 @@ impl PyServer {
     /// "unix", server_port, sharing)` for each bound, listening socket, where sharing
     /// is `owned` (this process's alone: refused at shutdown), `inherited` (left
     /// listening for its owner) or `workers` (shared with other worker processes); the
-    /// server keeps its own duplicates of the descriptors.
+    /// server keeps its own duplicates of the descriptors. `metrics`: the descriptor of
+    /// the bound, listening metrics socket (`metrics_listen`), if any.
     #[new]
+    #[pyo3(signature = (app, options, listeners, metrics=None))]
     fn new(
         app: Py<PyAny>,
         options: PyRef<'_, EngineConfig>,
         listeners: Vec<ListenerTuple>,
+        metrics: Option<i32>,
     ) -> PyResult<PyServer> {
         let (config, wsgi) = (options.config.clone(), options.wsgi.clone());
         let listeners = listeners
@@ -106,7 +124,9 @@ impl PyServer {
             config,
             wsgi,
             listeners: Mutex::new(Some(listeners)),
+            metrics: Mutex::new(metrics.map(duplicate).transpose()?),
             control: Arc::new(Control::default()),
+            observer: Mutex::new(None),
         })
     }
 
@@ -122,13 +142,17 @@ impl PyServer {
     ///
     /// `wakeup_fd`: the read end of the pipe Python's `signal.set_wakeup_fd` writes to
     /// (-1: none). A signal then wakes `run()` at once instead of at its next poll.
-    #[pyo3(signature = (tick=None, max_requests=0, wakeup_fd=-1))]
+    ///
+    /// `replaceable`: this is a supervised worker, so a request past `request_timeout`
+    /// is answered 504 and the worker asks to be replaced (else it is only logged).
+    #[pyo3(signature = (tick=None, max_requests=0, wakeup_fd=-1, replaceable=false))]
     fn run(
         &self,
         py: Python<'_>,
         tick: Option<Bound<'_, PyAny>>,
         max_requests: u64,
         wakeup_fd: i32,
+        replaceable: bool,
     ) -> PyResult<()> {
         REQUEST_LIMIT.store(max_requests, std::sync::atomic::Ordering::Relaxed);
         let listeners = self
@@ -145,7 +169,8 @@ impl PyServer {
             .then(|| SignalWaker::start(wakeup_fd, self.control.clone()))
             .transpose()
             .map_err(|e| PyOSError::new_err(e.to_string()))?;
-        let (pool, running) = self.start(py, listeners, &loggers)?;
+        let observer = self.observer(py)?;
+        let (pool, running) = self.start(py, listeners, &loggers, &observer, replaceable)?;
         let outcome = self.serve_until_stopped(py, &loggers, tick.as_ref());
         self.shut_down(py, running, pool, &loggers);
         match loggers.take_interrupt() {
@@ -158,18 +183,74 @@ impl PyServer {
     fn close(&self) {
         self.control.request_close();
     }
+
+    /// Reopens the access log file at its path (SIGUSR1, after logrotate moved it).
+    fn reopen_logs(&self) {
+        let observer = self.observer.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(log) = observer.as_ref().and_then(|o| o.access_log()) {
+            log.reopen();
+        }
+    }
 }
 
 impl PyServer {
+    /// The access log (opened now, so a bad path fails `run()` at once) and the
+    /// metrics region (this process's slot, unless a supervisor gave it one already).
+    fn observer(&self, py: Python<'_>) -> PyResult<Arc<Observer>> {
+        let metrics_socket = self.metrics.lock().unwrap_or_else(|e| e.into_inner());
+        if metrics_socket.is_some() && !metrics::enabled() {
+            metrics::create()
+                .and_then(|()| metrics::attach(0))
+                .map_err(|e| PyOSError::new_err(format!("metrics: {e}")))?;
+        }
+        drop(metrics_socket);
+        let dest = match &self.config.access_log {
+            AccessLogTarget::Off => None,
+            AccessLogTarget::File(path) => Some(Destination::File(path.clone())),
+            AccessLogTarget::Stderr => Some(Destination::Stderr),
+            AccessLogTarget::Logger => Some(Destination::Sink(Box::new(LoggerSink::new(py)?))),
+        };
+        let access = match dest {
+            None => None,
+            Some(dest) => {
+                let control = self.control.clone();
+                let report = Arc::new(move |line: String| control.log(LogLevel::Warning, line));
+                let format = self.config.access_log_format.clone();
+                Some(
+                    AccessLog::start(format, dest, report)
+                        .map_err(|e| PyOSError::new_err(e.to_string()))?,
+                )
+            }
+        };
+        let observer = Arc::new(Observer::new(access));
+        *self.observer.lock().unwrap_or_else(|e| e.into_inner()) = Some(observer.clone());
+        Ok(observer)
+    }
+
     /// Starts the worker pool and the I/O runtime on `listeners`.
     fn start(
         &self,
         py: Python<'_>,
         listeners: Vec<ListenerSpec>,
         loggers: &Arc<Loggers>,
+        observer: &Arc<Observer>,
+        replaceable: bool,
     ) -> PyResult<(Pool, server::Running)> {
         let log: Arc<dyn EventLog> = self.control.clone();
-        let pool_shared = Arc::new(PoolShared::new(self.config.threads, log.clone()));
+        let limits = Limits {
+            dump_after: self.config.dump_slow_requests_after,
+            timeout: self.config.request_timeout,
+            replaceable,
+        };
+        let mut pool_shared = PoolShared::new(self.config.threads, log.clone());
+        if limits.any() {
+            let in_flight = Arc::new(InFlight::new(self.config.threads, limits));
+            in_flight
+                .start_monitor(log.clone(), self.config.ident.clone())
+                .map_err(|e| PyOSError::new_err(e.to_string()))?;
+            pool_shared = pool_shared.with_in_flight(in_flight);
+        }
+        let pool_shared = Arc::new(pool_shared);
         let file_wrapper = py.get_type::<FileWrapper>().into_any().unbind();
         let ctx = Arc::new(AppContext {
             app: self.app.clone_ref(py),
@@ -190,7 +271,17 @@ impl PyServer {
         let pool =
             Pool::start(pool_shared.clone(), ctx).map_err(|e| PyOSError::new_err(e.to_string()))?;
         let dispatcher: Arc<dyn Dispatcher> = pool_shared;
-        match server::start(self.config.clone(), listeners, dispatcher, log) {
+        let services = Services {
+            dispatcher,
+            log,
+            observer: observer.clone(),
+            metrics: self
+                .metrics
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take(),
+        };
+        match server::start(self.config.clone(), listeners, services) {
             Ok(running) => Ok((pool, running)),
             Err(err) => {
                 py.detach(|| pool.shutdown(Duration::from_secs(1)));
@@ -262,6 +353,15 @@ impl PyServer {
                 LogLevel::Warning,
                 &format!("{busy} thread(s) still running"),
             );
+        }
+        // The access log's last lines (its writer may need the GIL for the logger sink).
+        let observer = self
+            .observer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        if let Some(observer) = observer {
+            py.detach(|| observer.close());
         }
         self.control.flush_logs(py, loggers);
         loggers.log(py, LogLevel::Info, "Server stopped");

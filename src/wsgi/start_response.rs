@@ -215,6 +215,7 @@ impl ResponseState {
             status: self.code,
             content_length: self.content_length,
         });
+        let head_start = out.len();
         let ident = self.settings.ident.as_deref().map(str::as_bytes);
         let server = match (ident, self.app_sent_server) {
             (None, _) => ServerHeader::None,
@@ -230,6 +231,7 @@ impl ResponseState {
             server,
             &framing,
         );
+        note_head(&self.responder, self.code, &out[head_start..]);
         self.head = Head::Sent {
             framing,
             body: BodyEncoder::new(framing.body),
@@ -538,6 +540,36 @@ fn push_latin1(out: &mut Vec<u8>, s: &Bound<'_, PyString>) -> PyResult<()> {
         out.push(code as u8);
     }
     Ok(())
+}
+
+/// Tells the responder (for the metrics and the access log) that a head with `status`
+/// is going out, with the values of the response headers the log format asks for.
+pub fn note_head(responder: &Responder, status: u16, head: &[u8]) {
+    responder.note_head(status, head.len());
+    let Some(wanted) = responder
+        .observer()
+        .and_then(|o| o.format())
+        .map(|f| f.response_headers())
+        .filter(|names| !names.is_empty())
+    else {
+        return;
+    };
+    let values = wanted
+        .iter()
+        .map(|name| header_value(head, name.as_bytes()))
+        .collect();
+    responder.with_record(|record| record.response_headers = values);
+}
+
+/// The value of header `name` in a serialized response head.
+fn header_value(head: &[u8], name: &[u8]) -> Option<Vec<u8>> {
+    head.split(|&b| b == b'\n').skip(1).find_map(|line| {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let colon = line.iter().position(|&b| b == b':')?;
+        line[..colon]
+            .eq_ignore_ascii_case(name)
+            .then(|| crate::http::request::trim_ows(&line[colon + 1..]).to_vec())
+    })
 }
 
 /// Appends the status (latin-1) to `text` after checking it; returns its code.

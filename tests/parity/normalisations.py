@@ -658,6 +658,9 @@ NOT_COMPARED = {
     '"Task queue depth is N" is logged on every queued request while threads are busy': "a timing-dependent log line",
     "An application that writes or yields `str` gets a `200` head sent, then the connection closed": "Tapster's 500: tests/test_wsgi.py (non-bytes-list, non-bytes-gen, write-str)",
     "Memory and temporary files are bounded per connection only (1,000 stalled uploads of 512 KiB pin 512 MB)": "server-wide resource use, not the wire: tests/test_reliability.py",
+    "No access log (Paste's TransLogger, in Python, logs when the application returns)": "off by default on both sides: tests/test_access_log.py",
+    "Queue depth only as a warning (waitress#303); no metrics": "a separate listener, off by default: tests/test_metrics.py",
+    "A stuck request is never reported (waitress#267)": "off by default, timing-dependent: tests/test_stuck_requests.py",
 }
 
 
