@@ -65,7 +65,7 @@ rust-test: | check
 	cargo test --all-targets
 
 py-test: $(DEV_VENV)/.test-deps
-	./scripts/ensure-packages curl haproxy nginx
+	./scripts/ensure-packages curl haproxy nginx prometheus
 	$(MAKE) build
 	$(PY) -m pytest -q tests
 

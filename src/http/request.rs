@@ -6,6 +6,7 @@
 //! caller appends bytes to a `BytesMut` and calls `HeadParser::parse` again.
 
 use std::ops::Range;
+use std::sync::Arc;
 
 use bytes::{Buf, BytesMut};
 
@@ -55,8 +56,9 @@ pub enum BodyFraming {
 #[derive(Clone, Debug)]
 pub struct RequestHead {
     /// The head's bytes, copied out of the read buffer so that buffer stays unshared
-    /// (and reusable without a new allocation for the next read).
-    raw: Box<[u8]>,
+    /// (and reusable without a new allocation for the next read). Shared, so the
+    /// access log can keep them without a copy.
+    raw: Arc<[u8]>,
     method: Range<usize>,
     target: Range<usize>,
     fields: Vec<FieldSpan>,
@@ -113,6 +115,30 @@ impl RequestHead {
     pub fn wire_len(&self) -> usize {
         self.raw.len()
     }
+
+    /// The head's bytes, shared; the `*_span` methods say where things are in them.
+    pub fn bytes(&self) -> &Arc<[u8]> {
+        &self.raw
+    }
+
+    pub fn method_span(&self) -> Range<usize> {
+        self.method.clone()
+    }
+
+    pub fn target_span(&self) -> Range<usize> {
+        self.target.clone()
+    }
+
+    /// Where the first value of a field (matched case-insensitively) is in `bytes()`.
+    pub fn field_span(&self, name: &[u8]) -> Option<Range<usize>> {
+        self.fields
+            .iter()
+            .find(|f| {
+                let n = f.name_start as usize;
+                self.raw[n..n + f.name_len as usize].eq_ignore_ascii_case(name)
+            })
+            .map(|f| f.value_start as usize..(f.value_start + f.value_len) as usize)
+    }
 }
 
 /// Finds and parses one request head at the front of a growing buffer.
@@ -147,7 +173,8 @@ impl HeadParser {
     /// Tries to take one complete request head off the front of `buf`.
     ///
     /// Returns `Ok(None)` when more bytes are needed. On success the head's bytes are
-    /// removed from `buf`; whatever follows (body, next request) stays in it.
+    /// removed from `buf`; whatever follows (body, next request) stays in it. On an
+    /// error `buf` is left as it was.
     pub fn parse(
         &mut self,
         buf: &mut BytesMut,
@@ -178,10 +205,12 @@ impl HeadParser {
         if self.skipped + head_len >= limits.max_head_bytes {
             return Err(head_too_large(limits));
         }
-        let raw: Box<[u8]> = buf[..head_len].into();
-        buf.advance(head_len);
+        let raw: Arc<[u8]> = buf[..head_len].into();
         *self = HeadParser::default();
-        parse_head(raw, limits).map(Some)
+        let head = parse_head(raw, limits)?;
+        // A refused head stays in `buf`: its request line names it in the access log.
+        buf.advance(head_len);
+        Ok(Some(head))
     }
 }
 
@@ -211,7 +240,7 @@ fn uri_too_long(limits: &HeadLimits) -> HttpError {
 /// Header fields parsed onto the stack when the limit allows; beyond it, on the heap.
 const STACK_FIELDS: usize = 64;
 
-fn parse_head(raw: Box<[u8]>, limits: &HeadLimits) -> Result<RequestHead, HttpError> {
+fn parse_head(raw: Arc<[u8]>, limits: &HeadLimits) -> Result<RequestHead, HttpError> {
     check_line_endings(&raw, 0, false)?;
     // The head ends with CRLFCRLF and has no bare CR or LF, so the first LF ends the
     // request line and follows its CR.

@@ -13,7 +13,11 @@
 //! [`Format::environ_keys`]; an empty slice means nothing of that kind is needed.
 
 use std::cell::RefCell;
+use std::ops::Range;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use smallvec::SmallVec;
 
 /// Apache's combined format in Gunicorn's atoms: the default.
 pub const COMBINED: &str = r#"%(h)s %(l)s %(u)s %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s""#;
@@ -38,11 +42,10 @@ pub struct Record {
     /// First request byte to last response byte (or to the moment the client was found gone).
     pub duration: Duration,
     /// The client as the application saw it (REMOTE_ADDR), no port; may be empty.
-    pub remote_addr: String,
-    /// As received.
-    pub method: Vec<u8>,
-    /// The raw request-target as received, e.g. `b"/a/b?x=1"`.
-    pub target: Vec<u8>,
+    /// Inline up to an IPv6 address's length: no allocation per request.
+    pub remote_addr: SmallVec<[u8; 64]>,
+    /// The method, target and captured request headers, as received.
+    pub request: RequestText,
     /// `"HTTP/1.1"`, `"HTTP/1.0"`.
     pub version: &'static str,
     /// None: no response head was sent.
@@ -51,12 +54,75 @@ pub struct Record {
     pub body_bytes: u64,
     pub outcome: Outcome,
     pub pid: u32,
-    /// Values of [`Format::request_headers`], same order; None = absent.
-    pub request_headers: Vec<Option<Vec<u8>>>,
     /// Values of [`Format::response_headers`], same order.
     pub response_headers: Vec<Option<Vec<u8>>>,
     /// Values of [`Format::environ_keys`], same order.
     pub environ: Vec<Option<String>>,
+}
+
+/// What a line says of the request: the request head's own bytes (shared with it, not
+/// copied) and where in them the method, the target and the values of
+/// [`Format::request_headers`] (same order; None = absent) are.
+#[derive(Clone, Debug, Default)]
+pub struct RequestText {
+    bytes: Arc<[u8]>,
+    method: Range<usize>,
+    target: Range<usize>,
+    headers: SmallVec<[Option<Range<usize>>; 4]>,
+}
+
+impl RequestText {
+    /// Spans into `bytes` (a span past its end reads as empty).
+    pub fn new(
+        bytes: Arc<[u8]>,
+        method: Range<usize>,
+        target: Range<usize>,
+        headers: impl IntoIterator<Item = Option<Range<usize>>>,
+    ) -> RequestText {
+        RequestText {
+            bytes,
+            method,
+            target,
+            headers: headers.into_iter().collect(),
+        }
+    }
+
+    /// From separate pieces (copied into one buffer): for requests without a parsed head.
+    pub fn from_parts(method: &[u8], target: &[u8], headers: &[Option<&[u8]>]) -> RequestText {
+        let mut bytes = Vec::with_capacity(method.len() + target.len());
+        let mut span = |piece: &[u8]| {
+            let start = bytes.len();
+            bytes.extend_from_slice(piece);
+            start..bytes.len()
+        };
+        let method = span(method);
+        let target = span(target);
+        let headers: SmallVec<[Option<Range<usize>>; 4]> =
+            headers.iter().map(|h| h.map(&mut span)).collect();
+        RequestText {
+            bytes: bytes.into(),
+            method,
+            target,
+            headers,
+        }
+    }
+
+    fn slice(&self, span: &Range<usize>) -> &[u8] {
+        self.bytes.get(span.clone()).unwrap_or_default()
+    }
+
+    pub fn method(&self) -> &[u8] {
+        self.slice(&self.method)
+    }
+
+    pub fn target(&self) -> &[u8] {
+        self.slice(&self.target)
+    }
+
+    /// The value of the format's `i`th request header (None: absent).
+    pub fn header(&self, i: usize) -> Option<&[u8]> {
+        self.headers.get(i)?.as_ref().map(|span| self.slice(span))
+    }
 }
 
 /// One atom of a text format; the indexes point into the format's name lists.
@@ -358,20 +424,20 @@ fn quote(s: &str) -> String {
 fn put_atom(atom: Atom, r: &Record, out: &mut Vec<u8>) {
     match atom {
         Atom::RemoteAddr if r.remote_addr.is_empty() => out.push(b'-'),
-        Atom::RemoteAddr => put_escaped(out, r.remote_addr.as_bytes()),
+        Atom::RemoteAddr => put_escaped(out, &r.remote_addr),
         Atom::Ident => out.push(b'-'),
-        Atom::User(i) => with_user(header(&r.request_headers, i), |user| put_or_dash(out, user)),
+        Atom::User(i) => with_user(r.request.header(i), |user| put_or_dash(out, user)),
         Atom::Time => put_clf_time(out, r.started),
         Atom::RequestLine => {
-            put_escaped(out, &r.method);
+            put_escaped(out, r.request.method());
             out.push(b' ');
-            put_escaped(out, &r.target);
+            put_escaped(out, r.request.target());
             out.push(b' ');
             put_escaped(out, r.version.as_bytes());
         }
-        Atom::Method => put_escaped(out, &r.method),
-        Atom::Path => put_escaped(out, split_target(&r.target).0),
-        Atom::Query => put_escaped(out, split_target(&r.target).1),
+        Atom::Method => put_escaped(out, r.request.method()),
+        Atom::Path => put_escaped(out, split_target(r.request.target()).0),
+        Atom::Query => put_escaped(out, split_target(r.request.target()).1),
         Atom::Protocol => put_escaped(out, r.version.as_bytes()),
         Atom::Status => match r.status {
             Some(status) => put_u64(out, status.into()),
@@ -394,7 +460,7 @@ fn put_atom(atom: Atom, r: &Record, out: &mut Vec<u8>) {
             Outcome::KeptAlive => b'+',
             Outcome::Closed => b'-',
         }),
-        Atom::Request(i) => put_or_dash(out, header(&r.request_headers, i)),
+        Atom::Request(i) => put_or_dash(out, r.request.header(i)),
         Atom::Response(i) => put_or_dash(out, header(&r.response_headers, i)),
         Atom::Environ(i) => {
             let value = r.environ.get(i).and_then(|v| v.as_deref());
@@ -641,14 +707,18 @@ fn put_rfc3339(out: &mut Vec<u8>, t: SystemTime) {
 // ---- JSON lines ----
 
 fn put_json(r: &Record, [referer, agent, auth]: [usize; 3], out: &mut Vec<u8>) {
-    let (path, query) = split_target(&r.target);
+    let (path, query) = split_target(r.request.target());
     out.extend_from_slice(b"{\"time\":\"");
     put_rfc3339(out, r.started);
     out.extend_from_slice(b"\",\"remote_addr\":");
-    put_json_str(out, r.remote_addr.as_bytes());
+    put_json_str(out, &r.remote_addr);
     out.extend_from_slice(b",\"user\":");
-    with_user(header(&r.request_headers, auth), |u| put_json_opt(out, u));
-    for (key, value) in [("method", &r.method[..]), ("path", path), ("query", query)] {
+    with_user(r.request.header(auth), |u| put_json_opt(out, u));
+    for (key, value) in [
+        ("method", r.request.method()),
+        ("path", path),
+        ("query", query),
+    ] {
         put_key(out, key);
         put_json_str(out, value);
     }
@@ -664,9 +734,9 @@ fn put_json(r: &Record, [referer, agent, auth]: [usize; 3], out: &mut Vec<u8>) {
     put_key(out, "duration");
     put_seconds(out, r.duration);
     put_key(out, "referer");
-    put_json_opt(out, header(&r.request_headers, referer));
+    put_json_opt(out, r.request.header(referer));
     put_key(out, "user_agent");
-    put_json_opt(out, header(&r.request_headers, agent));
+    put_json_opt(out, r.request.header(agent));
     put_key(out, "pid");
     put_u64(out, r.pid.into());
     put_key(out, "aborted");
@@ -846,7 +916,45 @@ mod tests {
 
     /// A record with known values and the headers and variables `format` asks for, taken
     /// from fixed tables (absent when a name is not in them).
-    fn record(format: &Format) -> Record {
+    /// A record's fields as the tests edit them (owned pieces), built into a `Record`.
+    #[derive(Clone)]
+    struct Draft {
+        started: SystemTime,
+        duration: Duration,
+        remote_addr: String,
+        method: Vec<u8>,
+        target: Vec<u8>,
+        version: &'static str,
+        status: Option<u16>,
+        body_bytes: u64,
+        outcome: Outcome,
+        pid: u32,
+        request_headers: Vec<Option<Vec<u8>>>,
+        response_headers: Vec<Option<Vec<u8>>>,
+        environ: Vec<Option<String>>,
+    }
+
+    impl Draft {
+        fn build(&self) -> Record {
+            let headers: Vec<Option<&[u8]>> =
+                self.request_headers.iter().map(|h| h.as_deref()).collect();
+            Record {
+                started: self.started,
+                duration: self.duration,
+                remote_addr: self.remote_addr.as_bytes().into(),
+                request: RequestText::from_parts(&self.method, &self.target, &headers),
+                version: self.version,
+                status: self.status,
+                body_bytes: self.body_bytes,
+                outcome: self.outcome,
+                pid: self.pid,
+                response_headers: self.response_headers.clone(),
+                environ: self.environ.clone(),
+            }
+        }
+    }
+
+    fn record(format: &Format) -> Draft {
         let request = [
             ("referer", &b"https://example.com/from"[..]),
             ("user-agent", b"curl/8.5"),
@@ -863,7 +971,7 @@ mod tests {
             };
             names.iter().map(find).collect()
         };
-        Record {
+        Draft {
             started: UNIX_EPOCH + Duration::new(KNOWN_SECS, 123_456_789),
             duration: Duration::new(2, 3_456_789),
             remote_addr: "192.0.2.7".into(),
@@ -884,14 +992,14 @@ mod tests {
         }
     }
 
-    fn render(format: &Format, record: &Record) -> String {
+    fn render(format: &Format, record: &Draft) -> String {
         let mut out = Vec::new();
-        format.render(record, &mut out);
+        format.render(&record.build(), &mut out);
         String::from_utf8(out).expect("test lines are ASCII")
     }
 
     /// The line for `text` and the known record, changed by `edit`.
-    fn line_with(text: &str, edit: impl FnOnce(&mut Record)) -> String {
+    fn line_with(text: &str, edit: impl FnOnce(&mut Draft)) -> String {
         let format = Format::parse(text).expect("test formats parse");
         let mut r = record(&format);
         edit(&mut r);
@@ -1065,7 +1173,7 @@ mod tests {
 
     #[test]
     fn an_aborted_request_says_so_unless_the_format_has_x() {
-        let aborted = |r: &mut Record| r.outcome = Outcome::Aborted;
+        let aborted = |r: &mut Draft| r.outcome = Outcome::Aborted;
         assert!(line_with(COMBINED, aborted).ends_with("\"curl/8.5\" aborted\n"));
         assert_eq!(line_with("%(s)s", aborted), "404 aborted\n");
         assert_eq!(line_with("%(s)s %(X)s", aborted), "404 X\n");
@@ -1671,13 +1779,17 @@ mod tests {
     impl Seed {
         /// A record for `format`, its captured values taken in turn from the pools.
         fn record(&self, format: &Format) -> Record {
+            self.draft(format).build()
+        }
+
+        fn draft(&self, format: &Format) -> Draft {
             let take = |n: usize, pool: &[Option<Vec<u8>>]| {
                 (0..n).map(|i| pool[i % pool.len()].clone()).collect()
             };
             let environ = (0..format.environ_keys().len())
                 .map(|i| self.environ[i % self.environ.len()].clone())
                 .collect();
-            Record {
+            Draft {
                 started: at(self.secs, self.millis),
                 duration: self.duration,
                 remote_addr: self.remote_addr.clone(),

@@ -46,7 +46,10 @@ pub enum Destination {
 pub type ErrorReport = Arc<dyn Fn(String) + Send + Sync>;
 
 struct Queue {
-    records: Vec<Record>,
+    // Boxed on purpose: a record moves through the queue as a pointer, not as its
+    // few hundred bytes.
+    #[allow(clippy::vec_box)]
+    records: Vec<Box<Record>>,
     dropped: u64,
     stop: bool,
 }
@@ -94,7 +97,7 @@ impl AccessLog {
     }
 
     /// Queues one record; never blocks beyond the queue's lock.
-    pub fn push(&self, record: Record) {
+    pub fn push(&self, record: Box<Record>) {
         let mut queue = self.shared.lock();
         if queue.records.len() >= MAX_PENDING || queue.stop {
             queue.dropped += 1;
@@ -158,7 +161,7 @@ impl Output {
     fn write(&mut self, lines: &[u8]) -> io::Result<()> {
         match self {
             Output::File { file, .. } => file.write_all(lines),
-            Output::Stderr => io::stderr().lock().write_all(lines),
+            Output::Stderr => write_atomic_pieces(&mut io::stderr().lock(), lines),
             Output::Sink(sink) => {
                 sink.write_lines(lines);
                 Ok(())
@@ -174,6 +177,25 @@ impl Output {
     }
 }
 
+/// Standard error may be a pipe shared with other workers, where only writes of up to
+/// `PIPE_BUF` bytes are atomic: lines go out in pieces of whole lines within that size
+/// (a longer line alone), so two processes' lines never interleave mid-line.
+fn write_atomic_pieces(out: &mut impl Write, mut lines: &[u8]) -> io::Result<()> {
+    const PIPE_BUF: usize = 4096;
+    while !lines.is_empty() {
+        let window = &lines[..lines.len().min(PIPE_BUF)];
+        let end = match memchr::memrchr(b'\n', window) {
+            Some(nl) if lines.len() > PIPE_BUF => nl + 1,
+            _ if lines.len() <= PIPE_BUF => lines.len(),
+            // One line longer than PIPE_BUF: it goes alone.
+            _ => memchr::memchr(b'\n', lines).map_or(lines.len(), |nl| nl + 1),
+        };
+        out.write_all(&lines[..end])?;
+        lines = &lines[end..];
+    }
+    Ok(())
+}
+
 fn open_append(path: &PathBuf) -> io::Result<File> {
     OpenOptions::new()
         .create(true)
@@ -182,8 +204,9 @@ fn open_append(path: &PathBuf) -> io::Result<File> {
         .map_err(|e| io::Error::new(e.kind(), format!("access log {}: {e}", path.display())))
 }
 
+#[allow(clippy::vec_box)] // see `Queue::records`
 fn write_loop(shared: &Shared, mut out: Output, report: &ErrorReport) {
-    let mut batch: Vec<Record> = Vec::with_capacity(BATCH);
+    let mut batch: Vec<Box<Record>> = Vec::with_capacity(BATCH);
     let mut text: Vec<u8> = Vec::with_capacity(64 * 1024);
     let mut last_drop_report: Option<Instant> = None;
     let mut failing = false;
@@ -240,22 +263,24 @@ mod tests {
     use crate::observe::access_format::Outcome;
     use std::time::SystemTime;
 
-    fn record(target: &str) -> Record {
-        Record {
+    fn record(target: &str) -> Box<Record> {
+        Box::new(Record {
             started: SystemTime::now(),
             duration: Duration::from_millis(1),
-            remote_addr: "10.0.0.1".into(),
-            method: b"GET".to_vec(),
-            target: target.as_bytes().to_vec(),
+            remote_addr: b"10.0.0.1"[..].into(),
+            request: crate::observe::access_format::RequestText::from_parts(
+                b"GET",
+                target.as_bytes(),
+                &[],
+            ),
             version: "HTTP/1.1",
             status: Some(200),
             body_bytes: 5,
             outcome: Outcome::KeptAlive,
             pid: 1,
-            request_headers: Vec::new(),
             response_headers: Vec::new(),
             environ: Vec::new(),
-        }
+        })
     }
 
     fn wait_for(path: &std::path::Path, text: &str) {
@@ -296,6 +321,39 @@ mod tests {
         // After close, records are dropped (counted), not queued forever.
         log.push(record("/late"));
         assert!(!std::fs::read_to_string(&path).unwrap().contains("/late"));
+    }
+
+    #[test]
+    fn standard_error_gets_whole_lines_within_pipe_buf_per_write() {
+        struct Writes(Vec<Vec<u8>>);
+        impl Write for Writes {
+            fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+                self.0.push(buf.to_vec());
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                Ok(())
+            }
+        }
+        let mut text = Vec::new();
+        for i in 0..500 {
+            text.extend_from_slice(format!("line {i} {}\n", "x".repeat(i % 50)).as_bytes());
+        }
+        text.extend_from_slice(&[b'y'; 5000]);
+        text.push(b'\n');
+        text.extend_from_slice(b"last\n");
+        let mut out = Writes(Vec::new());
+        write_atomic_pieces(&mut out, &text).unwrap();
+        assert_eq!(out.0.concat(), text);
+        for piece in &out.0 {
+            assert!(piece.ends_with(b"\n"), "a piece ends mid-line");
+            let lines = piece.iter().filter(|&&b| b == b'\n').count();
+            assert!(
+                piece.len() <= 4096 || lines == 1,
+                "{} bytes, {lines} lines",
+                piece.len()
+            );
+        }
     }
 
     #[test]

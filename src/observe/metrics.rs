@@ -5,7 +5,10 @@
 //! region with one slot in use.
 //!
 //! The request path only does relaxed increments on its own slot (nothing at all while
-//! metrics are off). Rendering the Prometheus text reads every slot and `/proc`; it
+//! metrics are off), and within the slot on its own thread role's shard: the I/O
+//! threads and the application's threads each write their own cache lines, so a
+//! request's counting does not bounce lines between cores; the shards are summed when
+//! scraped. Rendering the Prometheus text reads every slot and `/proc`; it
 //! runs on the metrics listener's task, never on a worker thread. No sockets, no Python.
 
 use std::fmt::Write as _;
@@ -93,17 +96,87 @@ const BUCKETS_US: [u64; 13] = [
 ];
 const BUCKETS: usize = BUCKETS_US.len() + 1;
 
+/// Which shard of its slot a thread writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// The I/O threads (and any other thread).
+    Io = 0,
+    /// The threads that run the application.
+    Application = 1,
+}
+
+const ROLES: usize = 2;
+
+thread_local! {
+    static ROLE: std::cell::Cell<Role> = const { std::cell::Cell::new(Role::Io) };
+}
+
+/// The calling thread writes `role`'s shard from now on.
+pub fn set_thread_role(role: Role) {
+    ROLE.with(|r| r.set(role));
+}
+
 /// One worker's numbers.
 #[repr(C)]
 pub struct Slot {
     /// The process using this slot (0: free).
     pid: AtomicU32,
+    shards: [Shard; ROLES],
+}
+
+/// What the threads of one role counted; its own cache lines (128 bytes apart, past
+/// the adjacent-line prefetcher too).
+#[repr(C, align(128))]
+struct Shard {
     counters: [AtomicU64; COUNTERS],
     gauges: [AtomicI64; GAUGES],
     requests: [[AtomicU64; STATUS_CLASSES.len()]; METHODS.len()],
     /// Observations per bucket (not cumulative; the text is).
     buckets: [AtomicU64; BUCKETS],
     duration_sum_us: AtomicU64,
+}
+
+impl Slot {
+    /// The calling thread's shard.
+    #[inline]
+    fn mine(&self) -> &Shard {
+        &self.shards[ROLE.with(|r| r.get()) as usize]
+    }
+
+    fn counter(&self, c: Counter) -> u64 {
+        self.shards
+            .iter()
+            .map(|s| s.counters[c as usize].load(Ordering::Relaxed))
+            .sum()
+    }
+
+    fn gauge(&self, g: Gauge) -> i64 {
+        self.shards
+            .iter()
+            .map(|s| s.gauges[g as usize].load(Ordering::Relaxed))
+            .sum()
+    }
+
+    fn requests(&self, method: usize, class: usize) -> u64 {
+        self.shards
+            .iter()
+            .map(|s| s.requests[method][class].load(Ordering::Relaxed))
+            .sum()
+    }
+
+    fn bucket(&self, i: usize) -> u64 {
+        self.shards
+            .iter()
+            .map(|s| s.buckets[i].load(Ordering::Relaxed))
+            .sum()
+    }
+
+    fn duration_sum_us(&self) -> u64 {
+        self.shards
+            .iter()
+            .map(|s| s.duration_sum_us.load(Ordering::Relaxed))
+            .sum()
+    }
 }
 
 /// The whole region: the supervisor's own numbers, then the slots.
@@ -198,7 +271,7 @@ pub fn release(index: usize) {
     let Some(slot) = region().and_then(|r| r.slots.get(index)) else {
         return;
     };
-    for g in &slot.gauges {
+    for g in slot.shards.iter().flat_map(|s| &s.gauges) {
         g.store(0, Ordering::Relaxed);
     }
     slot.pid.store(0, Ordering::Relaxed);
@@ -213,21 +286,22 @@ pub fn enabled() -> bool {
 #[inline]
 pub fn count(counter: Counter, n: u64) {
     if let Some(s) = slot() {
-        s.counters[counter as usize].fetch_add(n, Ordering::Relaxed);
+        s.mine().counters[counter as usize].fetch_add(n, Ordering::Relaxed);
     }
 }
 
 #[inline]
 pub fn gauge_add(gauge: Gauge, delta: i64) {
     if let Some(s) = slot() {
-        s.gauges[gauge as usize].fetch_add(delta, Ordering::Relaxed);
+        s.mine().gauges[gauge as usize].fetch_add(delta, Ordering::Relaxed);
     }
 }
 
 #[inline]
 pub fn gauge_set(gauge: Gauge, value: i64) {
     if let Some(s) = slot() {
-        s.gauges[gauge as usize].store(value, Ordering::Relaxed);
+        // The value lives in the I/O shard (the other's stays 0); sets are rare.
+        s.shards[Role::Io as usize].gauges[gauge as usize].store(value, Ordering::Relaxed);
     }
 }
 
@@ -238,11 +312,12 @@ pub fn connection_moved(from: Option<ConnState>, to: Option<ConnState>) {
         return;
     }
     if let Some(s) = slot() {
+        let shard = s.mine();
         if let Some(f) = from {
-            s.gauges[f.gauge() as usize].fetch_sub(1, Ordering::Relaxed);
+            shard.gauges[f.gauge() as usize].fetch_sub(1, Ordering::Relaxed);
         }
         if let Some(t) = to {
-            s.gauges[t.gauge() as usize].fetch_add(1, Ordering::Relaxed);
+            shard.gauges[t.gauge() as usize].fetch_add(1, Ordering::Relaxed);
         }
     }
 }
@@ -261,6 +336,7 @@ pub fn request_done(method: u8, status: u16, duration: Duration) {
     let Some(s) = slot() else {
         return;
     };
+    let s = s.mine();
     let class = usize::from(status / 100).clamp(1, STATUS_CLASSES.len()) - 1;
     let method = usize::from(method).min(METHODS.len() - 1);
     s.requests[method][class].fetch_add(1, Ordering::Relaxed);
@@ -301,10 +377,7 @@ fn live_slots(r: &'static Region) -> Vec<(usize, &'static Slot)> {
 }
 
 fn sum_counter(r: &Region, c: Counter) -> u64 {
-    r.slots
-        .iter()
-        .map(|s| s.counters[c as usize].load(Ordering::Relaxed))
-        .sum()
+    r.slots.iter().map(|s| s.counter(c)).sum()
 }
 
 /// The whole exposition (text format 0.0.4), or `None` while there is no region.
@@ -333,11 +406,7 @@ fn render_requests(r: &Region, out: &mut String) {
     );
     for (m, method) in METHODS.iter().enumerate() {
         for (c, class) in STATUS_CLASSES.iter().enumerate() {
-            let n: u64 = r
-                .slots
-                .iter()
-                .map(|s| s.requests[m][c].load(Ordering::Relaxed))
-                .sum();
+            let n: u64 = r.slots.iter().map(|s| s.requests(m, c)).sum();
             if n > 0 {
                 let _ = writeln!(
                     out,
@@ -358,11 +427,7 @@ fn render_duration(r: &Region, out: &mut String) {
     );
     let mut cumulative = 0u64;
     for i in 0..BUCKETS {
-        cumulative += r
-            .slots
-            .iter()
-            .map(|s| s.buckets[i].load(Ordering::Relaxed))
-            .sum::<u64>();
+        cumulative += r.slots.iter().map(|s| s.bucket(i)).sum::<u64>();
         match BUCKETS_US.get(i) {
             Some(us) => {
                 let le = *us as f64 / 1e6;
@@ -373,11 +438,7 @@ fn render_duration(r: &Region, out: &mut String) {
             }
         }
     }
-    let sum_us: u64 = r
-        .slots
-        .iter()
-        .map(|s| s.duration_sum_us.load(Ordering::Relaxed))
-        .sum();
+    let sum_us: u64 = r.slots.iter().map(Slot::duration_sum_us).sum();
     let _ = writeln!(out, "{name}_sum {}", sum_us as f64 / 1e6);
     let _ = writeln!(out, "{name}_count {cumulative}");
 }
@@ -492,7 +553,7 @@ fn render_gauges(r: &'static Region, out: &mut String) {
     for (name, gauge, help) in simple {
         header(out, name, "gauge", help);
         for (index, slot) in &live {
-            let v = slot.gauges[gauge as usize].load(Ordering::Relaxed).max(0);
+            let v = slot.gauge(gauge).max(0);
             let _ = writeln!(out, "{name}{{worker=\"{index}\"}} {v}");
         }
     }
@@ -504,7 +565,7 @@ fn render_gauges(r: &'static Region, out: &mut String) {
             ("responding", Gauge::ConnectionsResponding),
             ("idle", Gauge::ConnectionsIdle),
         ] {
-            let v = slot.gauges[gauge as usize].load(Ordering::Relaxed).max(0);
+            let v = slot.gauge(gauge).max(0);
             let _ = writeln!(out, "{name}{{worker=\"{index}\",state=\"{state}\"}} {v}");
         }
     }
@@ -625,10 +686,7 @@ mod tests {
             "{text}"
         );
         let r = region().unwrap();
-        assert_eq!(
-            r.slots[8].counters[Counter::SlowRequests as usize].load(Ordering::Relaxed),
-            5
-        );
+        assert_eq!(r.slots[8].counter(Counter::SlowRequests), 5);
         // The child's slot is free again once released; its counters stay in the sums.
         release(8);
         assert_eq!(free_slot(&[0, 1, 2, 3, 4, 5, 6]), Some(8));

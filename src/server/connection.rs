@@ -638,6 +638,7 @@ impl Session {
             .unwrap_or(500);
         let facts = PageFacts {
             head,
+            received: &self.rbuf,
             version: head.map_or(Version::Http11, |h| h.version).as_str(),
             status,
             body_bytes: (page.len() - head_len) as u64,

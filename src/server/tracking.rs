@@ -1,6 +1,7 @@
 //! Follows one request from its head to its response's last byte, for the metrics and
 //! the access log. The connection task starts a `Tracked` when it dispatches a request
-//! (copying from the head only what the log format needs), the application side adds
+//! (sharing the head's bytes, with where the log format's fields are in them), the
+//! application side adds
 //! the status and what only it knows (REMOTE_ADDR after proxy rules, response headers,
 //! environ values), and the `Responder` ends it exactly once: when the last byte is
 //! written or when the response is abandoned.
@@ -8,12 +9,11 @@
 //! No formatting or I/O happens here: the record goes to the access log's writer
 //! thread; the metrics are relaxed atomics.
 
-use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
-use super::conn_info::ConnInfo;
+use super::conn_info::{ConnInfo, Peer};
 use crate::http::RequestHead;
-use crate::observe::access_format::{Format, Outcome, Record};
+use crate::observe::access_format::{Format, Outcome, Record, RequestText};
 use crate::observe::access_log::AccessLog;
 use crate::observe::metrics::{self, Gauge};
 
@@ -43,29 +43,35 @@ impl Observer {
     /// Starts following a request that is about to be dispatched.
     pub fn begin(&self, head: &RequestHead, info: &ConnInfo, started: Instant) -> Tracked {
         metrics::gauge_add(Gauge::InFlight, 1);
-        let wall = wall_clock_at(started);
         Tracked {
             started,
+            peer: info.peer.clone(),
             method: metrics::method_index(head.method()),
             status: 0,
             head_len: 0,
+            // The head's bytes are shared, not copied: one allocation, the box.
             details: self.format().map(|format| {
                 Box::new(Record {
-                    started: wall,
+                    // Set when the request ends (one clock read then, none now).
+                    started: SystemTime::UNIX_EPOCH,
                     duration: Default::default(),
-                    remote_addr: info.peer.remote_addr(),
-                    method: head.method().to_vec(),
-                    target: head.target().to_vec(),
+                    // Set by the application side (REMOTE_ADDR as the application saw it),
+                    // else from `peer` when the request ends.
+                    remote_addr: Default::default(),
+                    request: RequestText::new(
+                        head.bytes().clone(),
+                        head.method_span(),
+                        head.target_span(),
+                        format
+                            .request_headers()
+                            .iter()
+                            .map(|name| head.field_span(name.as_bytes())),
+                    ),
                     version: head.version.as_str(),
                     status: None,
                     body_bytes: 0,
                     outcome: Outcome::Closed,
                     pid: std::process::id(),
-                    request_headers: format
-                        .request_headers()
-                        .iter()
-                        .map(|name| head.field(name.as_bytes()).map(<[u8]>::to_vec))
-                        .collect(),
                     response_headers: Vec::new(),
                     environ: Vec::new(),
                 })
@@ -84,10 +90,14 @@ impl Observer {
             return;
         };
         record.duration = duration;
+        record.started = wall_clock_before(duration);
+        if record.remote_addr.is_empty() {
+            record.remote_addr = tracked.peer.remote_addr().as_bytes().into();
+        }
         record.status = (tracked.status != 0).then_some(tracked.status);
         record.body_bytes = sent.saturating_sub(tracked.head_len);
         record.outcome = outcome;
-        log.push(*record);
+        log.push(record);
     }
 
     /// A response the connection task wrote itself (an error page for a request that
@@ -100,33 +110,29 @@ impl Observer {
         outcome: Outcome,
     ) {
         let duration = started.elapsed();
-        let method = page.head.map_or(metrics::METHODS.len() as u8 - 1, |h| {
-            metrics::method_index(h.method())
-        });
-        metrics::request_done(method, page.status, duration);
+        let (method, target) = page.method_and_target();
+        metrics::request_done(metrics::method_index(method), page.status, duration);
         let (Some(log), Some(format)) = (&self.access, self.format()) else {
             return;
         };
-        let field = |name: &String| {
-            page.head
-                .and_then(|h| h.field(name.as_bytes()))
-                .map(<[u8]>::to_vec)
-        };
-        log.push(Record {
-            started: wall_clock_at(started),
+        let headers: Vec<Option<&[u8]>> = format
+            .request_headers()
+            .iter()
+            .map(|name| page.head.and_then(|h| h.field(name.as_bytes())))
+            .collect();
+        log.push(Box::new(Record {
+            started: wall_clock_before(duration),
             duration,
-            remote_addr: info.peer.remote_addr(),
-            method: page.head.map(|h| h.method().to_vec()).unwrap_or_default(),
-            target: page.head.map(|h| h.target().to_vec()).unwrap_or_default(),
+            remote_addr: info.peer.remote_addr().as_bytes().into(),
+            request: RequestText::from_parts(method, target, &headers),
             version: page.version,
             status: Some(page.status),
             body_bytes: page.body_bytes,
             outcome,
             pid: std::process::id(),
-            request_headers: format.request_headers().iter().map(field).collect(),
             response_headers: Vec::new(),
             environ: Vec::new(),
-        });
+        }));
     }
 
     /// Flushes and stops the access log.
@@ -141,19 +147,48 @@ impl Observer {
 pub struct PageFacts<'a> {
     /// The request's head, when one was parsed.
     pub head: Option<&'a RequestHead>,
+    /// Otherwise what was received of the request (its first line names it in the log).
+    pub received: &'a [u8],
     pub version: &'static str,
     pub status: u16,
     pub body_bytes: u64,
 }
 
+impl PageFacts<'_> {
+    /// The method and target: the head's, or the first two words of what was received
+    /// (a request refused for a bad header still shows what it asked for).
+    fn method_and_target(&self) -> (&[u8], &[u8]) {
+        if let Some(head) = self.head {
+            return (head.method(), head.target());
+        }
+        let line = self
+            .received
+            .split(|&b| b == b'\r' || b == b'\n')
+            .next()
+            .unwrap_or_default();
+        let line = &line[..line.len().min(MAX_LOGGED_LINE)];
+        let mut words = line.splitn(3, |&b| b == b' ');
+        (
+            words.next().unwrap_or_default(),
+            words.next().unwrap_or_default(),
+        )
+    }
+}
+
+/// The most of an unparsed request line the log keeps.
+const MAX_LOGGED_LINE: usize = 8 * 1024;
+
 /// One request being followed.
 pub struct Tracked {
     started: Instant,
+    /// The client, for the log line when the application never saw the request.
+    peer: Peer,
     method: u8,
     /// 0 until the response head is sent.
     status: u16,
     head_len: u64,
-    /// The access log's record, when there is an access log.
+    /// The access log's record, when there is an access log (boxed: it moves from the
+    /// connection to the responder to the writer's queue as a pointer).
     details: Option<Box<Record>>,
 }
 
@@ -174,12 +209,8 @@ impl Tracked {
     }
 }
 
-/// The wall-clock time of `at` (an instant in the recent past).
-fn wall_clock_at(at: Instant) -> SystemTime {
-    SystemTime::now()
-        .checked_sub(at.elapsed())
-        .unwrap_or_else(SystemTime::now)
+/// The wall-clock time `ago` before now.
+fn wall_clock_before(ago: std::time::Duration) -> SystemTime {
+    let now = SystemTime::now();
+    now.checked_sub(ago).unwrap_or(now)
 }
-
-/// Shared by the connection tasks of one server.
-pub type SharedObserver = Arc<Observer>;

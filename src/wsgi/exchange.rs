@@ -13,7 +13,7 @@ use std::fs::File;
 use std::sync::Arc;
 
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
+use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
 
 use super::environ::EnvironTemplate;
 use super::file_wrapper::{FileWrapper, ZeroCopyTypes};
@@ -491,15 +491,25 @@ fn note_environ(environ: &Bound<'_, PyDict>, responder: &Responder) {
     let Some(format) = responder.observer().and_then(|o| o.format()) else {
         return;
     };
-    let text = |key: &str| -> Option<String> {
+    let py = environ.py();
+    let text = |key: &Bound<'_, PyString>| -> Option<String> {
         let value = environ.get_item(key).ok()??;
         value.str().ok()?.to_str().ok().map(str::to_owned)
     };
-    let remote = text("REMOTE_ADDR");
-    let values: Vec<Option<String>> = format.environ_keys().iter().map(|k| text(k)).collect();
+    let remote = environ
+        .get_item(pyo3::intern!(py, "REMOTE_ADDR"))
+        .ok()
+        .flatten();
+    let remote = remote.as_ref().and_then(|v| v.cast::<PyString>().ok());
+    let remote = remote.and_then(|v| v.to_str().ok());
+    let values: Vec<Option<String>> = format
+        .environ_keys()
+        .iter()
+        .map(|k| text(&PyString::new(py, k)))
+        .collect();
     responder.with_record(|record| {
         if let Some(remote) = remote {
-            record.remote_addr = remote;
+            record.remote_addr = remote.as_bytes().into();
         }
         record.environ = values;
     });

@@ -473,6 +473,7 @@ impl Pool {
 fn worker<R: Runner>(index: usize, shared: &PoolShared, runner: &Arc<R>) {
     // Registered before the first wait, so a wake-up can never miss this thread.
     let _ = shared.workers[index].set(std::thread::current());
+    metrics::set_thread_role(metrics::Role::Application);
     // SAFETY: gettid has no preconditions.
     shared.tids[index].store(unsafe { libc::gettid() }, Ordering::Relaxed);
     // Serial numbers of this thread's jobs, so the watchdog can tell a long job from
