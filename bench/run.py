@@ -75,6 +75,7 @@ class Scenario:
     is_file: bool = False
     workers: int = 1  # above 1: only the servers with worker processes; no pinning
     observe: str = ""  # "access_log": each server's own access log to a file; "metrics": Tapster's, scraped every second
+    baseline: str | None = None  # the scenario this one adds a feature to: its cost is reported against it
 
     @property
     def server_cpus(self) -> str:
@@ -92,8 +93,8 @@ SCENARIOS = [
     Scenario("hello-c1", "hello", 1, nginx_path="/"),
     Scenario("hello-c16", "hello", 16, nginx_path="/"),
     Scenario("hello-c64", "hello", 64, nginx_path="/"),
-    Scenario("hello-c64-access-log", "hello", 64, observe="access_log"),
-    Scenario("hello-c64-metrics", "hello", 64, observe="metrics"),
+    Scenario("hello-c64-access-log", "hello", 64, observe="access_log", baseline="hello-c64"),
+    Scenario("hello-c64-metrics", "hello", 64, observe="metrics", baseline="hello-c64"),
     Scenario("echo-64k", "echo", 16, lua="post64k.lua"),
     Scenario("stream-100x1k", "stream", 16),
     Scenario("file-1m", "file_1m", 16, nginx_path="/files/1m.bin", is_file=True),
@@ -647,6 +648,41 @@ def median_run(cell: list[dict[str, object]]) -> dict[str, object]:
     return record
 
 
+def feature_costs(runs: dict[tuple[str, str], list[dict[str, object]]]) -> str:
+    """For each scenario that adds a feature to a baseline: what it costs each server,
+    as the median over rounds of the ratio of CPU per request to the baseline's in the
+    same round (pairing runs of one round cancels most of a noisy machine's drift)."""
+    rows = []
+    for scenario in SCENARIOS:
+        if scenario.baseline is None:
+            continue
+        for server in SERVERS:
+            with_feature = runs.get((scenario.name, server.name), [])
+            without = runs.get((scenario.baseline, server.name), [])
+            ratios = sorted(
+                float(a["cpu_us_per_req"]) / float(b["cpu_us_per_req"])  # type: ignore[arg-type]
+                for a, b in zip(with_feature, without)
+                if a.get("cpu_us_per_req") and b.get("cpu_us_per_req")
+            )
+            if not ratios:
+                continue
+            median = ratios[len(ratios) // 2]
+            rows.append(
+                f"| {scenario.name} | {server.name} | {100 * (median - 1):+.1f} % | "
+                f"{100 * (ratios[0] - 1):+.1f} % to {100 * (ratios[-1] - 1):+.1f} % | {len(ratios)} |"
+            )
+    if not rows:
+        return ""
+    head = [
+        "**What each feature costs** (server CPU per request against the baseline scenario in the same round; "
+        "median over rounds, and the range)",
+        "",
+        "| scenario | server | CPU per request | range | rounds |",
+        "|---|---|---|---|---|",
+    ]
+    return "\n".join(head + rows) + "\n"
+
+
 def machine_description() -> str:
     model = "unknown CPU"
     with contextlib.suppress(OSError):
@@ -708,11 +744,17 @@ def main() -> int:
     for round_ in range(max(1, args.repeat)):
         if args.repeat > 1:
             print(f"== round {round_ + 1} of {args.repeat}", flush=True)
-        for scenario in wanted_scenarios:
+        # Every other round in reverse order, so a drift of the machine's speed during a
+        # round weighs on a scenario and its baseline alike.
+        order = wanted_scenarios if round_ % 2 == 0 else wanted_scenarios[::-1]
+        for scenario in order:
             run_scenario(scenario, wanted_servers, unavailable, args, cpu_loops, jsonl, runs)
     records = [median_run(cell) for cell in runs.values()]
     command = "python bench/run.py " + " ".join(sys.argv[1:])
     table = markdown(records, machine_description(), versions, command.strip(), problems, cpu_loops)
+    costs = feature_costs(runs)
+    if costs:
+        table += "\n" + costs
     md_path = os.path.join(args.out, "latest.md")
     with open(md_path, "w") as f:
         f.write(table + "\n")

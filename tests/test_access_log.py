@@ -326,6 +326,18 @@ def test_sigusr1_reopens_the_file_after_a_rotation(make_server: MakeServer, acce
     assert not any("after=" in line for line in old)
 
 
+def test_sigusr1_without_an_access_log_changes_nothing(make_server: MakeServer) -> None:
+    """logrotate's postrotate may signal a server that logs nothing: it must not die (the
+    signal's default action) but go on serving."""
+    srv = make_server(app=APP)
+    for _ in range(3):
+        srv.proc.send_signal(signal.SIGUSR1)
+        time.sleep(0.1)
+        assert request(srv, get("/hello"))[0] == 200, srv.log()
+    assert srv.proc.poll() is None, srv.log()
+    assert srv.stop() == 0
+
+
 def test_sigusr1_to_the_supervisor_reopens_every_workers_file(tapster: Callable[..., Tapster], access_log: Path) -> None:
     srv = tapster("--workers=2", "--reuse-port", f"--access-log={access_log}", "--access-log-format=%(p)s %(r)s", app=APP)
     workers = srv.workers(2)

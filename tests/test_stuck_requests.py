@@ -172,6 +172,8 @@ def test_an_overdue_request_gets_504_and_its_worker_is_replaced(tapster: Callabl
     srv.wait_for_log(r"\[WARNING\] .*exceeded request_timeout")
     srv.wait_for_log(rf"Replacing worker {victim} \(request_timeout")
     wait_until(lambda: not alive(victim), 10, f"worker {victim} to end")
+    # It drained and exited on its own (without waiting for the stuck thread), not killed.
+    srv.wait_for_log(rf"Worker {victim} exited with status 0")
     now = srv.workers(2)
     assert victim not in now and len(now & workers) == 1, (workers, now)
     [new] = now - workers
@@ -230,3 +232,26 @@ def test_in_a_single_process_the_overdue_request_is_reported_and_finishes(make_s
     assert http_get(srv.host, int(srv.port), "/hello")[0] == 200
     assert "Replacing worker" not in srv.log()
     assert srv.stop() == 0
+
+
+def test_time_spent_receiving_the_body_is_not_the_applications(make_server: MakeServer) -> None:
+    """The clock of both limits starts when the application gets the request: a body
+    that takes 2 s to arrive (the server buffers it first) is neither slow nor overdue."""
+    port = free_port()
+    metrics = ("127.0.0.1", port)
+    srv = make_server(
+        "--request-timeout=1", "--dump-slow-requests-after=0.5", f"--metrics-listen=127.0.0.1:{port}", app=APP
+    )
+    wait_listening(metrics)
+    body = b"x" * 40
+    with srv.connect(timeout=10) as conn:
+        conn.send(b"POST /hello HTTP/1.1\r\nHost: t\r\nContent-Length: 40\r\nConnection: close\r\n\r\n")
+        for i in range(0, len(body), 4):  # 10 pieces over 2 s
+            time.sleep(0.2)
+            conn.send(body[i : i + 4])
+        assert conn.read_response().status == 200
+    assert http_get(srv.host, int(srv.port), "/hello")[0] == 200
+    wait_total(metrics, "tapster_requests_total", lambda v: v == 2)
+    assert "exceeded request_timeout" not in srv.log() and "Slow request" not in srv.log(), srv.log()
+    wait_total(metrics, "tapster_request_timeouts_total", lambda v: v == 0)
+    wait_total(metrics, "tapster_slow_requests_total", lambda v: v == 0)

@@ -34,12 +34,13 @@ class Server:
         tick: Callable[[], None] | None = None,
         max_requests: int = 0,
         wakeup_fd: int = -1,
-        replaceable: bool = False,
+        report_fd: int = -1,
     ) -> None:
         """Serves until `close()`, a signal handler or `tick` raises; then shuts down.
         `tick` is called once serving starts, then about every 100 ms and at once when
         `max_requests` (0: none) is reached; from then on responses close.
-        `replaceable`: a supervised worker (request_timeout answers 504)."""
+        `report_fd`: a worker's pipe to its supervisor (request_timeout answers 504
+        and asks for a replacement there)."""
     def close(self) -> None:
         """Asks `run()` to stop; safe from any thread, and before `run()`."""
     def reopen_logs(self) -> None:

@@ -13,6 +13,7 @@ import getopt
 import logging
 import os
 import pkgutil
+import signal
 import sys
 import types
 from typing import IO, Any, Callable, NoReturn
@@ -419,7 +420,10 @@ def exit_without_finalizing(status: int) -> NoReturn:
 
 def main() -> None:
     """`python -m tapster` and the console script: exit with run()'s status. A reader
-    that goes away early (`tapster --help | head -3`) is not an error."""
+    that goes away early (`tapster --help | head -3`) is not an error. SIGUSR1 (reopen
+    the access log) is ignored until the server handles it: logrotate sending it while
+    the application is being imported must not end the process."""
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
     try:
         status = run()
         sys.stdout.flush()

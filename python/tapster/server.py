@@ -267,18 +267,18 @@ class BaseWSGIServer:
     def effective_listen(self) -> list[tuple[str, Any]]:
         return [(lst.effective_host, lst.effective_port) for lst in self.listeners]
 
-    def run(self, tick: Callable[[], None] | None = None, max_requests: int = 0, replaceable: bool = False) -> None:
+    def run(self, tick: Callable[[], None] | None = None, max_requests: int = 0, report_fd: int = -1) -> None:
         """Serves until `close()`, Ctrl-C or SIGTERM, then shuts down gracefully.
         `tick` is called once serving starts, then about every 100 ms and when
         `max_requests` is reached (what it raises stops the server); from
         `max_requests` on, responses close their connection (for a worker).
-        `replaceable`: a supervised worker (a request past `request_timeout` is then
-        answered 504 and the worker replaced)."""
+        `report_fd`: a supervised worker's pipe to its supervisor (a request past
+        `request_timeout` is then answered 504 and the worker replaced)."""
         previous = _install_sigterm(lambda: self.notifier.send("STOPPING=1", "STATUS=Stopping"))
-        reopen = _install_sigusr1(self._engine.reopen_logs) if self.adj.access_log else None
+        reopen = _install_sigusr1(self._engine.reopen_logs)
         try:
             with _signal_wakeup() as wakeup_fd:
-                self._engine.run(tick or ReadyOnce(self.notifier), max_requests, wakeup_fd, replaceable)
+                self._engine.run(tick or ReadyOnce(self.notifier), max_requests, wakeup_fd, report_fd)
         except (KeyboardInterrupt, SystemExit):
             pass
         finally:

@@ -10,7 +10,8 @@ removes one on SIGTTIN/SIGTTOU, and drains them all on SIGTERM or SIGINT.
 
 It is outside the request path and holds no engine and no threads, so a fork copies a
 single thread; it imports the application only with `preload`. Workers tell it things
-over a pipe, one line each: `ready`, `retire N` (max_requests), `changed PATH`.
+over a pipe, one line each: `ready`, `retire N` (max_requests), `changed PATH`, and
+`timeout` (request_timeout; written by the engine itself, without the GIL).
 """
 
 from __future__ import annotations
@@ -707,7 +708,6 @@ class WorkerTick:
         self.watcher = watcher
         self.said_ready = False
         self.said_retire = False
-        self.said_timeout = False
 
     def __call__(self) -> None:
         if not self.said_ready:
@@ -715,11 +715,10 @@ class WorkerTick:
         if os.getppid() != self.parent:
             logger.warning("Worker %d: the supervisor has gone; stopping", os.getpid())
             raise SystemExit(0)
-        stats = _tapster.stats()
-        if self.limit and not self.said_retire and stats["requests"] >= self.limit:
-            self.said_retire = self._tell(f"retire {stats['requests']}")
-        if not self.said_timeout and stats["request_timeouts"]:
-            self.said_timeout = self._tell("timeout")
+        if self.limit and not self.said_retire:
+            served = _tapster.stats()["requests"]
+            if served >= self.limit:
+                self.said_retire = self._tell(f"retire {served}")
         if self.watcher is not None:
             for path in self.watcher.changed():
                 self._tell(f"changed {path}")
@@ -759,7 +758,7 @@ def run_worker(sup: Supervisor, pipe: int, listeners: list[_Listener], draining:
         limit += random.randint(0, sup.adj.max_requests_jitter)
     tick = WorkerTick(pipe, sup.pid, limit, watcher)
     try:
-        server.run(tick=tick, max_requests=limit, replaceable=True)
+        server.run(tick=tick, max_requests=limit, report_fd=pipe)
     except (SystemExit, KeyboardInterrupt):
         pass
     except BaseException as exc:  # noqa: BLE001 - the engine could not start or run

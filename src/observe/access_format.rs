@@ -107,6 +107,11 @@ impl RequestText {
         }
     }
 
+    /// The bytes this keeps alive (the whole request head, when shared with it).
+    pub fn retained(&self) -> usize {
+        self.bytes.len()
+    }
+
     fn slice(&self, span: &Range<usize>) -> &[u8] {
         self.bytes.get(span.clone()).unwrap_or_default()
     }

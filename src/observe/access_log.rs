@@ -18,9 +18,13 @@ use std::time::{Duration, Instant};
 use super::access_format::{Format, Record};
 use super::metrics::{self, Counter};
 
-/// Records waiting for the writer, at most: beyond, new ones are dropped (a writer that
-/// cannot keep up must not grow memory without bound).
+/// Records waiting for the writer, at most, and the bytes they may keep alive (each
+/// holds its request head): beyond either, new ones are dropped (a writer that cannot
+/// keep up must not grow memory without bound).
 const MAX_PENDING: usize = 16 * 1024;
+const MAX_PENDING_BYTES: usize = 32 << 20;
+/// What a record costs besides the head it keeps.
+const RECORD_BYTES: usize = 512;
 /// The writer wakes at once when this many records wait...
 const BATCH: usize = 512;
 /// ...and otherwise this often.
@@ -50,6 +54,8 @@ struct Queue {
     // few hundred bytes.
     #[allow(clippy::vec_box)]
     records: Vec<Box<Record>>,
+    /// What `records` keep alive, about.
+    bytes: usize,
     dropped: u64,
     stop: bool,
 }
@@ -76,6 +82,7 @@ impl AccessLog {
             format,
             queue: Mutex::new(Queue {
                 records: Vec::with_capacity(BATCH),
+                bytes: 0,
                 dropped: 0,
                 stop: false,
             }),
@@ -98,13 +105,18 @@ impl AccessLog {
 
     /// Queues one record; never blocks beyond the queue's lock.
     pub fn push(&self, record: Box<Record>) {
+        let size = RECORD_BYTES + record.request.retained();
         let mut queue = self.shared.lock();
-        if queue.records.len() >= MAX_PENDING || queue.stop {
+        if queue.records.len() >= MAX_PENDING
+            || queue.bytes + size > MAX_PENDING_BYTES
+            || queue.stop
+        {
             queue.dropped += 1;
             drop(queue);
             metrics::count(Counter::AccessLogDropped, 1);
             return;
         }
+        queue.bytes += size;
         queue.records.push(record);
         if queue.records.len() == BATCH {
             self.shared.wake.notify_one();
@@ -221,6 +233,7 @@ fn write_loop(shared: &Shared, mut out: Output, report: &ErrorReport) {
                     .0;
             }
             std::mem::swap(&mut batch, &mut queue.records);
+            queue.bytes = 0;
             (queue.stop, std::mem::take(&mut queue.dropped))
         };
         if shared.reopen.swap(false, Ordering::AcqRel) {

@@ -87,7 +87,9 @@ pub const EXIT_REASONS: [&str; 8] = [
 pub const METHODS: [&str; 8] = [
     "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "other",
 ];
-const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+/// The `status` label's values: the class, or `none` for a request that ended with no
+/// response (its client left while the application ran, or the server was stopping).
+const STATUS_CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "none"];
 
 /// Upper bounds of the duration histogram's buckets, in microseconds (then `+Inf`).
 const BUCKETS_US: [u64; 13] = [
@@ -330,14 +332,17 @@ pub fn method_index(method: &[u8]) -> u8 {
         .unwrap_or(METHODS.len() - 1) as u8
 }
 
-/// One response ended (delivered or not): counted by method and status class, and its
-/// duration observed.
+/// One request ended (answered or not; `status` 0: no response was sent): counted by
+/// method and status class, and its duration observed.
 pub fn request_done(method: u8, status: u16, duration: Duration) {
     let Some(s) = slot() else {
         return;
     };
     let s = s.mine();
-    let class = usize::from(status / 100).clamp(1, STATUS_CLASSES.len()) - 1;
+    let class = match status / 100 {
+        0 => STATUS_CLASSES.len() - 1,
+        c => usize::from(c).min(STATUS_CLASSES.len() - 1) - 1,
+    };
     let method = usize::from(method).min(METHODS.len() - 1);
     s.requests[method][class].fetch_add(1, Ordering::Relaxed);
     let us = u64::try_from(duration.as_micros()).unwrap_or(u64::MAX);
@@ -402,7 +407,7 @@ fn render_requests(r: &Region, out: &mut String) {
         out,
         "tapster_requests_total",
         "counter",
-        "Responses that ended (delivered or not), by request method and status class.",
+        "Requests that ended (answered in full or not), by method and status class (none: no response).",
     );
     for (m, method) in METHODS.iter().enumerate() {
         for (c, class) in STATUS_CLASSES.iter().enumerate() {

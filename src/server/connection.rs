@@ -296,7 +296,10 @@ impl Session {
                     return Ok(head);
                 }
                 Ok(None) => {}
-                Err(err) => return Err(NoRequest::Refuse(err)),
+                Err(err) => {
+                    self.request_started = head_started.unwrap_or_else(Instant::now);
+                    return Err(NoRequest::Refuse(err));
+                }
             }
             if self.peer_finished {
                 return Err(NoRequest::Close);
@@ -333,10 +336,11 @@ impl Session {
                     }
                 }
                 Err(ReadStop::TimedOut) if !idle => {
+                    self.request_started = head_started.unwrap_or_else(Instant::now);
                     return Err(NoRequest::Refuse(HttpError::new(
                         ErrorKind::RequestTimeout,
                         "The request head was not received in time",
-                    )))
+                    )));
                 }
                 Err(ReadStop::TimedOut | ReadStop::Shutdown) => return Err(NoRequest::Close),
                 Err(ReadStop::Failed(err)) => {
@@ -612,9 +616,6 @@ impl Session {
     /// Answers a request the server refuses, then ends the connection.
     async fn reject(&mut self, head: Option<&RequestHead>, err: &HttpError) -> End {
         let version = head.map(|h| h.version);
-        if head.is_none() {
-            self.request_started = Instant::now();
-        }
         let page = protocol_error_page(version, err, self.shared.config.ident.as_deref());
         let sent = self.send_page(&page).await;
         self.page_sent(head, &page, &sent);
@@ -630,7 +631,7 @@ impl Session {
         if !observer.active() {
             return;
         }
-        let head_len = memchr::memmem::find(page, b"\r\n\r\n").map_or(page.len(), |i| i + 4);
+        let head_len = crate::http::response::head_len(page);
         let status = page
             .get(9..12)
             .and_then(|code| std::str::from_utf8(code).ok())

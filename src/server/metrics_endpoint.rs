@@ -17,7 +17,9 @@ use super::socket::{register, Conn};
 use crate::http::request::{HeadLimits, HeadParser};
 use crate::observe::metrics;
 
-/// How long a scraper has to send its request, and to read the answer.
+/// How long a scraper has to send its request...
+const HEAD_DEADLINE: Duration = Duration::from_secs(2);
+/// ...and to read the answer.
 const DEADLINE: Duration = Duration::from_secs(10);
 /// The largest request head accepted.
 const MAX_HEAD: usize = 8 * 1024;
@@ -39,8 +41,13 @@ pub async fn serve(socket: Socket, shutdown: Arc<ShutdownSignal>, log: Arc<dyn E
     let slots = Arc::new(tokio::sync::Semaphore::new(CONCURRENT));
     let mut stop = shutdown.subscribe();
     loop {
-        let Ok(permit) = slots.clone().acquire_owned().await else {
-            return;
+        let permit = tokio::select! {
+            biased;
+            _ = stop.recv() => return,
+            p = slots.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => return,
+            },
         };
         let accepted = tokio::select! {
             biased;
@@ -84,25 +91,26 @@ async fn answer(conn: Conn) {
     };
     let mut parser = HeadParser::new();
     let mut buf = BytesMut::with_capacity(1024);
-    let head = loop {
-        match parser.parse(&mut buf, &limits) {
-            Ok(Some(head)) => break head,
-            Ok(None) => {}
-            Err(_) => {
-                return send(
-                    &conn,
-                    "400 Bad Request",
-                    "text/plain",
-                    b"bad request\n",
-                    false,
-                )
-                .await
+    let read_head = async {
+        loop {
+            match parser.parse(&mut buf, &limits) {
+                Ok(Some(head)) => return Some(Ok(head)),
+                Ok(None) => {}
+                Err(_) => return Some(Err(())),
+            }
+            match conn.read(&mut buf, 2048).await {
+                Ok(0) | Err(_) => return None,
+                Ok(_) => {}
             }
         }
-        match conn.read(&mut buf, 2048).await {
-            Ok(0) | Err(_) => return,
-            Ok(_) => {}
+    };
+    let head = match tokio::time::timeout(HEAD_DEADLINE, read_head).await {
+        Ok(Some(Ok(head))) => head,
+        Ok(Some(Err(()))) => {
+            let bad = b"bad request\n";
+            return send(&conn, "400 Bad Request", "text/plain", bad, false).await;
         }
+        Ok(None) | Err(_) => return,
     };
     let head_only = head.method() == b"HEAD";
     let path = head
@@ -130,7 +138,12 @@ async fn answer(conn: Conn) {
         )
         .await;
     }
-    let text = metrics::render().unwrap_or_default();
+    // Reading /proc for every worker blocks: not on an I/O thread that serves clients.
+    let text = tokio::task::spawn_blocking(metrics::render)
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or_default();
     send(
         &conn,
         "200 OK",

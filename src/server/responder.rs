@@ -295,14 +295,22 @@ impl<S: Sink> Responder<S> {
 
     /// The response head (`status`, `head_len` bytes) is going out.
     pub fn note_head(&self, status: u16, head_len: usize) {
-        if let Some(t) = self.lock().tracked.as_mut() {
+        let mut inner = self.lock();
+        if inner.taken_over {
+            return; // the server's answer is the one that counts
+        }
+        if let Some(t) = inner.tracked.as_mut() {
             t.note_head(status, head_len);
         }
     }
 
     /// Lets the application side fill in the access log's record (if there is one).
     pub fn with_record(&self, fill: impl FnOnce(&mut Record)) {
-        if let Some(record) = self.lock().tracked.as_mut().and_then(Tracked::details) {
+        let mut inner = self.lock();
+        if inner.taken_over {
+            return;
+        }
+        if let Some(record) = inner.tracked.as_mut().and_then(Tracked::details) {
             fill(record);
         }
     }

@@ -83,9 +83,7 @@ impl Observer {
     pub fn finished(&self, tracked: Tracked, outcome: Outcome, sent: u64) {
         metrics::gauge_add(Gauge::InFlight, -1);
         let duration = tracked.started.elapsed();
-        if tracked.status != 0 {
-            metrics::request_done(tracked.method, tracked.status, duration);
-        }
+        metrics::request_done(tracked.method, tracked.status, duration);
         let (Some(log), Some(mut record)) = (&self.access, tracked.details) else {
             return;
         };

@@ -202,6 +202,9 @@ impl AppContext {
             drop,
             overrides.as_ref(),
         )?;
+        // REMOTE_ADDR now (a request whose application raises is logged with it), and
+        // again with the rest once the application has returned (middleware may set them).
+        note_environ(&environ, &exchange.responder);
         let result = self
             .app
             .bind(py)
@@ -425,8 +428,7 @@ impl AppContext {
                     };
                     let page = start.error_page(&detail);
                     drop(start);
-                    let head_len =
-                        memchr::memmem::find(&page, b"\r\n\r\n").map_or(page.len(), |i| i + 4);
+                    let head_len = crate::http::response::head_len(&page);
                     note_head(&responder, 500, &page[..head_len]);
                     let _ =
                         py.detach(|| responder.send(&[Part::Borrowed(&page)], Delivery::Direct));
@@ -485,8 +487,7 @@ impl AppContext {
 }
 
 /// For the access log: REMOTE_ADDR as the application saw it (after the proxy rules,
-/// and any middleware), and the environ values the format asks for, read once the
-/// application has returned.
+/// and any middleware), and the environ values the format asks for.
 fn note_environ(environ: &Bound<'_, PyDict>, responder: &Responder) {
     let Some(format) = responder.observer().and_then(|o| o.format()) else {
         return;

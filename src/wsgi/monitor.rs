@@ -7,8 +7,11 @@
 //! process the request keeps running: it is logged and counted.
 //!
 //! The pool records a request here only when one of the two options is set; the look
-//! costs nothing on the request path beyond two uncontended locks.
+//! costs nothing on the request path beyond two uncontended locks. Timeouts are acted
+//! on without the GIL (a stuck request may hold it), and a worker tells its supervisor
+//! through its pipe from here, not from Python.
 
+use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
@@ -31,8 +34,6 @@ pub static TIMED_OUT: AtomicU64 = AtomicU64::new(0);
 pub struct Limits {
     pub dump_after: Option<Duration>,
     pub timeout: Option<Duration>,
-    /// Whether this process is a worker that a supervisor replaces.
-    pub replaceable: bool,
 }
 
 impl Limits {
@@ -53,10 +54,15 @@ impl Limits {
 
 /// The request a thread is running.
 struct Current {
+    /// Which of the thread's requests this is (a look that took a while acts only if
+    /// the thread is still on the same one).
+    serial: u64,
     responder: Arc<Responder>,
     /// `METHOD /path` for the log (the query left out).
     label: String,
     version: Version,
+    /// When the application was given the request (the time its body took to arrive,
+    /// or it waited for a thread, is not the application's).
     started: Instant,
     dumped: bool,
     timed_out: bool,
@@ -71,10 +77,25 @@ pub struct InFlight {
     stop: Mutex<bool>,
     wake: Condvar,
     given_up: Vec<AtomicBool>,
+    serials: AtomicU64,
+    /// The monitor thread, joined when it is stopped.
+    thread: Mutex<Option<JoinHandle<()>>>,
+    /// Where a worker tells its supervisor that a request timed out (a pipe), without
+    /// the GIL: a stuck request may hold it.
+    report_fd: Option<RawFd>,
+}
+
+/// A slow request found by a look: what its dump needs.
+struct Slow {
+    index: usize,
+    serial: u64,
+    label: String,
+    elapsed: Duration,
 }
 
 impl InFlight {
-    pub fn new(threads: usize, limits: Limits) -> InFlight {
+    /// `report_fd`: the supervisor's pipe (a worker), else None.
+    pub fn new(threads: usize, limits: Limits, report_fd: Option<RawFd>) -> InFlight {
         InFlight {
             limits,
             slots: (0..threads).map(|_| Mutex::new(None)).collect(),
@@ -82,6 +103,9 @@ impl InFlight {
             stop: Mutex::new(false),
             wake: Condvar::new(),
             given_up: (0..threads).map(|_| AtomicBool::new(false)).collect(),
+            serials: AtomicU64::new(0),
+            thread: Mutex::new(None),
+            report_fd,
         }
     }
 
@@ -104,13 +128,14 @@ impl InFlight {
         let mut label = String::from_utf8_lossy(request.head.method()).into_owned();
         label.push(' ');
         label.push_str(&String::from_utf8_lossy(&path[..path.len().min(200)]));
-        let started = request.responder.started().unwrap_or_else(Instant::now);
+        let serial = self.serials.fetch_add(1, Ordering::Relaxed);
         if let Some(mut slot) = self.slot(index) {
             *slot = Some(Current {
+                serial,
                 responder: request.responder.clone(),
                 label,
                 version: request.head.version,
-                started,
+                started: Instant::now(),
                 dumped: false,
                 timed_out: false,
             });
@@ -121,9 +146,10 @@ impl InFlight {
     pub fn end(&self, index: usize) {
         if let Some(mut slot) = self.slot(index) {
             *slot = None;
-        }
-        if let Some(g) = self.given_up.get(index) {
-            g.store(false, Ordering::Relaxed);
+            // Cleared under the slot's lock, which a timeout holds while it acts.
+            if let Some(g) = self.given_up.get(index) {
+                g.store(false, Ordering::Relaxed);
+            }
         }
     }
 
@@ -140,16 +166,28 @@ impl InFlight {
         self: &Arc<Self>,
         log: Arc<dyn EventLog>,
         ident: Option<String>,
-    ) -> std::io::Result<JoinHandle<()>> {
+    ) -> std::io::Result<()> {
         let this = self.clone();
-        std::thread::Builder::new()
+        let handle = std::thread::Builder::new()
             .name("tapster-monitor".into())
-            .spawn(move || this.monitor(&*log, ident.as_deref()))
+            .spawn(move || this.monitor(&*log, ident.as_deref()))?;
+        *self.thread.lock().unwrap_or_else(|e| e.into_inner()) = Some(handle);
+        Ok(())
     }
 
+    /// Stops the monitor and waits for it (call without the GIL: it may be waiting for
+    /// it to read a stack).
     pub fn stop_monitor(&self) {
         *self.stop.lock().unwrap_or_else(|e| e.into_inner()) = true;
         self.wake.notify_all();
+        let handle = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(handle) = handle {
+            let _ = handle.join();
+        }
+    }
+
+    fn stopped(&self) -> bool {
+        *self.stop.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn monitor(&self, log: &dyn EventLog, ident: Option<&str>) {
@@ -164,77 +202,88 @@ impl InFlight {
                 return;
             }
             drop(stop);
-            for index in 0..self.slots.len() {
-                self.look(index, log, ident);
+            // Timeouts first, and without the GIL: a request stuck holding the GIL
+            // must still be given up on.
+            let slow: Vec<Slow> = (0..self.slots.len())
+                .filter_map(|index| self.look(index, log, ident))
+                .collect();
+            for s in slow {
+                if self.stopped() {
+                    return;
+                }
+                self.dump(&s, log);
             }
         }
     }
 
-    /// Checks thread `index`'s request against both limits.
-    fn look(&self, index: usize, log: &dyn EventLog, ident: Option<&str>) {
-        let (dump, timeout) = {
-            let Some(mut slot) = self.slot(index) else {
-                return;
-            };
-            let Some(current) = slot.as_mut() else {
-                return;
-            };
-            let elapsed = current.started.elapsed();
-            let over = |limit: Option<Duration>| limit.is_some_and(|l| elapsed >= l);
-            let dump = (!current.dumped && over(self.limits.dump_after)).then(|| {
-                current.dumped = true;
-                (current.label.clone(), elapsed)
-            });
-            let timeout = (!current.timed_out && over(self.limits.timeout)).then(|| {
-                current.timed_out = true;
-                (
-                    current.label.clone(),
-                    elapsed,
-                    current.responder.clone(),
-                    current.version,
-                )
-            });
-            (dump, timeout)
-        };
-        if let Some((label, elapsed)) = dump {
-            metrics::count(Counter::SlowRequests, 1);
-            let thread_ident = self.idents[index].load(Ordering::Relaxed);
-            let stack = python_stack(thread_ident)
-                .unwrap_or_else(|err| format!("  (its stack could not be read: {err})\n"));
-            log.log(
-                LogLevel::Warning,
-                format!(
-                    "Slow request: {label} has been running for {:.1} s (thread tapster-{index}); \
-                     its Python stack, most recent call last:\n{}",
-                    elapsed.as_secs_f64(),
-                    stack.trim_end()
-                ),
-            );
+    /// Checks thread `index`'s request against both limits: acts on a timeout at once
+    /// (under the slot's lock, so the thread cannot move on meanwhile), and returns a
+    /// request to dump.
+    fn look(&self, index: usize, log: &dyn EventLog, ident: Option<&str>) -> Option<Slow> {
+        let mut slot = self.slot(index)?;
+        let current = slot.as_mut()?;
+        let elapsed = current.started.elapsed();
+        let over = |limit: Option<Duration>| limit.is_some_and(|l| elapsed >= l);
+        if !current.timed_out && over(self.limits.timeout) {
+            current.timed_out = true;
+            self.timed_out(index, current, elapsed, log, ident);
         }
-        if let Some((label, elapsed, responder, version)) = timeout {
-            self.timed_out(index, log, ident, &label, elapsed, &responder, version);
+        if current.dumped || !over(self.limits.dump_after) {
+            return None;
         }
+        current.dumped = true;
+        Some(Slow {
+            index,
+            serial: current.serial,
+            label: current.label.clone(),
+            elapsed,
+        })
     }
 
-    #[allow(clippy::too_many_arguments)]
+    /// Logs a slow request with its thread's Python stack (taken with the GIL, so
+    /// outside the slot's lock), unless the thread has moved on meanwhile.
+    fn dump(&self, slow: &Slow, log: &dyn EventLog) {
+        metrics::count(Counter::SlowRequests, 1);
+        let thread_ident = self.idents[slow.index].load(Ordering::Relaxed);
+        let stack = python_stack(thread_ident)
+            .unwrap_or_else(|err| format!("  (its stack could not be read: {err})\n"));
+        let same = self
+            .slot(slow.index)
+            .is_some_and(|s| s.as_ref().is_some_and(|c| c.serial == slow.serial));
+        if !same {
+            return;
+        }
+        log.log(
+            LogLevel::Warning,
+            format!(
+                "Slow request: {} has been running for {:.1} s (thread tapster-{}); \
+                 its Python stack, most recent call last:\n{}",
+                slow.label,
+                slow.elapsed.as_secs_f64(),
+                slow.index,
+                stack.trim_end()
+            ),
+        );
+    }
+
+    /// A request ran past `request_timeout` (called with its slot locked).
     fn timed_out(
         &self,
         index: usize,
+        current: &Current,
+        elapsed: Duration,
         log: &dyn EventLog,
         ident: Option<&str>,
-        label: &str,
-        elapsed: Duration,
-        responder: &Responder,
-        version: Version,
     ) {
         metrics::count(Counter::RequestTimeouts, 1);
         TIMED_OUT.fetch_add(1, Ordering::Relaxed);
         let limit = self.limits.timeout.unwrap_or_default().as_secs_f64();
         let prefix = format!(
-            "Request {label} exceeded request_timeout ({limit} s) after {:.1} s",
+            "Request {} exceeded request_timeout ({limit} s) after {:.1} s",
+            current.label,
             elapsed.as_secs_f64()
         );
-        if !self.limits.replaceable {
+        let Some(fd) = self.report_fd else {
             log.log(
                 LogLevel::Warning,
                 format!(
@@ -243,19 +292,21 @@ impl InFlight {
                 ),
             );
             return;
-        }
+        };
         self.given_up[index].store(true, Ordering::Relaxed);
         let page = error_page(
-            version,
+            current.version,
             504,
             "Gateway Timeout",
             "The application did not answer in time",
             ident,
         );
-        let head_len = memchr::memmem::find(&page, b"\r\n\r\n").map_or(page.len(), |i| i + 4);
-        let answered = responder.answer_instead(Bytes::from(page), 504, head_len);
+        let head_len = crate::http::response::head_len(&page);
+        let answered = current
+            .responder
+            .answer_instead(Bytes::from(page), 504, head_len);
         if !answered {
-            responder.fail();
+            current.responder.fail();
         }
         let what = if answered {
             "answered 504 Gateway Timeout"
@@ -266,7 +317,17 @@ impl InFlight {
             LogLevel::Warning,
             format!("{prefix}: {what}; this worker is to be replaced"),
         );
+        tell_supervisor(fd);
     }
+}
+
+/// Tells the supervisor (one line on the worker's pipe) that a request timed out. A
+/// full or closed pipe is ignored: the supervisor is gone or has been told already.
+fn tell_supervisor(fd: RawFd) {
+    const LINE: &[u8] = b"timeout\n";
+    // SAFETY: writes from a static buffer to a descriptor the worker keeps open for the
+    // engine's lifetime; a short or failed write has no other effect.
+    let _ = unsafe { libc::write(fd, LINE.as_ptr().cast(), LINE.len()) };
 }
 
 /// The Python stack of the thread with identifier `ident`, formatted as a traceback.

@@ -143,16 +143,17 @@ impl PyServer {
     /// `wakeup_fd`: the read end of the pipe Python's `signal.set_wakeup_fd` writes to
     /// (-1: none). A signal then wakes `run()` at once instead of at its next poll.
     ///
-    /// `replaceable`: this is a supervised worker, so a request past `request_timeout`
-    /// is answered 504 and the worker asks to be replaced (else it is only logged).
-    #[pyo3(signature = (tick=None, max_requests=0, wakeup_fd=-1, replaceable=false))]
+    /// `report_fd`: in a supervised worker, the pipe to the supervisor (-1: none). A
+    /// request past `request_timeout` is then answered 504 and the worker asks, on that
+    /// pipe, to be replaced; without one it is only logged and counted.
+    #[pyo3(signature = (tick=None, max_requests=0, wakeup_fd=-1, report_fd=-1))]
     fn run(
         &self,
         py: Python<'_>,
         tick: Option<Bound<'_, PyAny>>,
         max_requests: u64,
         wakeup_fd: i32,
-        replaceable: bool,
+        report_fd: i32,
     ) -> PyResult<()> {
         REQUEST_LIMIT.store(max_requests, std::sync::atomic::Ordering::Relaxed);
         let listeners = self
@@ -170,7 +171,8 @@ impl PyServer {
             .transpose()
             .map_err(|e| PyOSError::new_err(e.to_string()))?;
         let observer = self.observer(py)?;
-        let (pool, running) = self.start(py, listeners, &loggers, &observer, replaceable)?;
+        let report_fd = (report_fd >= 0).then_some(report_fd);
+        let (pool, running) = self.start(py, listeners, &loggers, &observer, report_fd)?;
         let outcome = self.serve_until_stopped(py, &loggers, tick.as_ref());
         self.shut_down(py, running, pool, &loggers);
         match loggers.take_interrupt() {
@@ -198,7 +200,8 @@ impl PyServer {
     /// metrics region (this process's slot, unless a supervisor gave it one already).
     fn observer(&self, py: Python<'_>) -> PyResult<Arc<Observer>> {
         let metrics_socket = self.metrics.lock().unwrap_or_else(|e| e.into_inner());
-        if metrics_socket.is_some() && !metrics::enabled() {
+        // A worker's region and slot come from its supervisor (none: all were taken).
+        if metrics_socket.is_some() && !metrics::exists() {
             metrics::create()
                 .and_then(|()| metrics::attach(0))
                 .map_err(|e| PyOSError::new_err(format!("metrics: {e}")))?;
@@ -234,17 +237,16 @@ impl PyServer {
         listeners: Vec<ListenerSpec>,
         loggers: &Arc<Loggers>,
         observer: &Arc<Observer>,
-        replaceable: bool,
+        report_fd: Option<i32>,
     ) -> PyResult<(Pool, server::Running)> {
         let log: Arc<dyn EventLog> = self.control.clone();
         let limits = Limits {
             dump_after: self.config.dump_slow_requests_after,
             timeout: self.config.request_timeout,
-            replaceable,
         };
         let mut pool_shared = PoolShared::new(self.config.threads, log.clone());
         if limits.any() {
-            let in_flight = Arc::new(InFlight::new(self.config.threads, limits));
+            let in_flight = Arc::new(InFlight::new(self.config.threads, limits, report_fd));
             in_flight
                 .start_monitor(log.clone(), self.config.ident.clone())
                 .map_err(|e| PyOSError::new_err(e.to_string()))?;
