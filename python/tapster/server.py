@@ -288,6 +288,11 @@ class BaseWSGIServer:
                 signal.signal(signal.SIGUSR1, reopen)
             self.close()
 
+    def request_stop(self) -> None:
+        """Asks `run()` to shut down gracefully; safe from any thread and from a signal
+        handler (it takes no lock)."""
+        self._engine.close()
+
     def close(self) -> None:
         """Stops `run()` (from any thread) and closes the listening sockets."""
         self._engine.close()

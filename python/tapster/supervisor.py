@@ -683,15 +683,22 @@ class Supervisor:
 
 class Draining:
     """A worker's SIGTERM and SIGINT: the first starts the drain; later SIGTERMs are
-    ignored, and a later SIGINT stops it at once."""
+    ignored, and a later SIGINT stops it at once. Once the server runs, the first asks
+    it to close instead of raising: an exception raised into whatever Python code runs
+    at that moment (a log line being written, say) would lose it."""
 
     def __init__(self) -> None:
         self.started = False
+        #: The server's request_stop(), once it exists.
+        self.close: Callable[[], None] | None = None
 
     def __call__(self, signum: int, frame: FrameType | None) -> None:
         if not self.started:
             self.started = True
-            raise SystemExit(0)
+            if self.close is None:
+                raise SystemExit(0)
+            self.close()
+            return
         if signum == signal.SIGINT:
             raise KeyboardInterrupt
 
@@ -757,6 +764,7 @@ def run_worker(sup: Supervisor, pipe: int, listeners: list[_Listener], draining:
 
         limit += random.randint(0, sup.adj.max_requests_jitter)
     tick = WorkerTick(pipe, sup.pid, limit, watcher)
+    draining.close = server.request_stop
     try:
         server.run(tick=tick, max_requests=limit, report_fd=pipe)
     except (SystemExit, KeyboardInterrupt):
