@@ -21,7 +21,7 @@ import subprocess
 import tempfile
 import time
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Callable, Iterator, TypeVar
 
 import pytest
 
@@ -132,6 +132,20 @@ def _start(name: str, cmd: list[str], port: int, workdir: str, logs: tuple[str, 
 
 Starter = Callable[[str, str, int], Balancer]  # (binary, workdir, port) -> a started balancer
 
+T = TypeVar("T")
+
+
+def on_a_free_port(start: Callable[[int], T]) -> T:
+    """`start(port)` on a free port, tried again on another (up to 3 times) when it
+    raises RuntimeError: the port may be taken between the check and the start."""
+    for attempt in range(3):
+        try:
+            return start(free_port())
+        except RuntimeError:
+            if attempt == 2:
+                raise
+    raise AssertionError("unreachable")
+
 
 @contextlib.contextmanager
 def _running(name: str, package: str, make: Starter) -> Iterator[Balancer]:
@@ -139,15 +153,7 @@ def _running(name: str, package: str, make: Starter) -> Iterator[Balancer]:
     workdir = tempfile.mkdtemp(prefix=f"tapster-{name}-")
     balancer: Balancer | None = None
     try:
-        for attempt in range(3):  # the free port may be taken meanwhile: another one
-            port = free_port()
-            try:
-                balancer = make(binary, workdir, port)
-                break
-            except RuntimeError:
-                if attempt == 2:
-                    raise
-        assert balancer is not None
+        balancer = on_a_free_port(lambda port: make(binary, workdir, port))
         yield balancer
     finally:
         if balancer is not None:

@@ -32,7 +32,7 @@ from typing import Callable, Iterator
 from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
-from balancers import free_port, require_binary
+from balancers import on_a_free_port, require_binary
 
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 10.0
@@ -231,14 +231,7 @@ def prometheus(targets: list[tuple[str, int]]) -> Iterator[Prometheus]:
     workdir = tempfile.mkdtemp(prefix="tapster-prometheus-")
     prom: Prometheus | None = None
     try:
-        for attempt in range(3):  # the free port may be taken meanwhile: another one
-            try:
-                prom = _start(binary, workdir, free_port(), targets)
-                break
-            except RuntimeError:
-                if attempt == 2:
-                    raise
-        assert prom is not None
+        prom = on_a_free_port(lambda port: _start(binary, workdir, port, targets))
         yield prom
     finally:
         if prom is not None:

@@ -295,6 +295,9 @@ impl<S: Sink> Responder<S> {
 
     /// The response head (`status`, `head_len` bytes) is going out.
     pub fn note_head(&self, status: u16, head_len: usize) {
+        if self.observer.is_none() {
+            return; // not tracked: no lock on the default path
+        }
         let mut inner = self.lock();
         if inner.taken_over {
             return; // the server's answer is the one that counts
@@ -306,6 +309,9 @@ impl<S: Sink> Responder<S> {
 
     /// Lets the application side fill in the access log's record (if there is one).
     pub fn with_record(&self, fill: impl FnOnce(&mut Record)) {
+        if self.observer.is_none() {
+            return;
+        }
         let mut inner = self.lock();
         if inner.taken_over {
             return;
@@ -313,11 +319,6 @@ impl<S: Sink> Responder<S> {
         if let Some(record) = inner.tracked.as_mut().and_then(Tracked::details) {
             fill(record);
         }
-    }
-
-    /// When the tracked request's first byte arrived (None: not tracked).
-    pub fn started(&self) -> Option<std::time::Instant> {
-        self.lock().tracked.as_ref().map(Tracked::started)
     }
 
     /// Ends the tracking (once) with `outcome`; the caller reports it after unlocking.

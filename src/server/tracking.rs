@@ -201,10 +201,6 @@ impl Tracked {
     pub fn details(&mut self) -> Option<&mut Record> {
         self.details.as_deref_mut()
     }
-
-    pub fn started(&self) -> Instant {
-        self.started
-    }
 }
 
 /// The wall-clock time `ago` before now.
