@@ -63,6 +63,113 @@ pub struct Config {
     pub dump_slow_requests_after: Option<Duration>,
     /// A request running this long is given up on (answered 504 in a worker).
     pub request_timeout: Option<Duration>,
+    /// Static file mounts and how they answer (`static`, `static_*`).
+    pub statics: StaticConfig,
+}
+
+/// `static` and the `static_*` options.
+#[derive(Clone, Debug, Default)]
+pub struct StaticConfig {
+    pub mounts: Vec<StaticMount>,
+    /// A request under a mount that the mount does not serve goes to the application.
+    pub fallthrough: bool,
+    /// A directory's `index.html` answers for it.
+    pub index: bool,
+    pub open: StaticOpen,
+    /// `Cache-Control: public, max-age=N` (0: `no-cache`).
+    pub max_age: u64,
+    /// Paths (below the mount) matching this regular expression are cached for a year
+    /// as `immutable`.
+    pub immutable_pattern: Option<String>,
+}
+
+/// One `static` entry: `prefix=directory`.
+#[derive(Clone, Debug)]
+pub struct StaticMount {
+    /// `/static`: starts with `/`, no trailing slash (`/` alone is the whole site).
+    pub prefix: String,
+    pub directory: PathBuf,
+}
+
+/// How a mount opens the files below its directory.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum StaticOpen {
+    /// Never outside the directory: symlinks are followed only while they stay in it.
+    #[default]
+    Beneath,
+    /// `static_follow_symlinks`: symlinks are followed wherever they lead.
+    FollowSymlinks,
+}
+
+impl StaticConfig {
+    /// Every directory exists, no prefix is mounted twice, the pattern compiles.
+    fn validate(&self) -> Result<(), String> {
+        for (i, mount) in self.mounts.iter().enumerate() {
+            if !mount.directory.is_dir() {
+                return Err(format!(
+                    "static: {} (for {}) is not a directory",
+                    mount.directory.display(),
+                    if mount.prefix.is_empty() {
+                        "/"
+                    } else {
+                        &mount.prefix
+                    }
+                ));
+            }
+            if self.mounts[..i].iter().any(|m| m.prefix == mount.prefix) {
+                return Err(format!(
+                    "static: the prefix {} is mounted twice",
+                    mount.prefix
+                ));
+            }
+        }
+        if let Some(pattern) = &self.immutable_pattern {
+            regex_lite::Regex::new(pattern).map_err(|err| {
+                format!(
+                    "static_immutable_pattern {pattern:?} is not a valid regular expression: {err}"
+                )
+            })?;
+        }
+        Ok(())
+    }
+}
+
+impl StaticMount {
+    /// Parses `prefix=directory`; the error names the entry.
+    pub fn parse(entry: &str) -> Result<StaticMount, String> {
+        let Some((prefix, directory)) = entry.split_once('=') else {
+            return Err(format!(
+                "static entry {entry:?} must be PREFIX=DIRECTORY, e.g. /static=./public"
+            ));
+        };
+        let prefix = prefix.trim();
+        if !prefix.starts_with('/') {
+            return Err(format!(
+                "static entry {entry:?}: the URL prefix must start with /"
+            ));
+        }
+        let prefix = prefix.trim_end_matches('/');
+        if prefix
+            .bytes()
+            .any(|b| b <= b' ' || b == b'%' || b == b'?' || b == b'#' || b == 0x7f)
+            || prefix
+                .split('/')
+                .skip(1)
+                .any(|s| s.is_empty() || s == "." || s == "..")
+        {
+            return Err(format!(
+                "static entry {entry:?}: the URL prefix must be a plain path (no spaces, %, ?, #, empty, . or .. segments)"
+            ));
+        }
+        let directory = directory.trim();
+        if directory.is_empty() {
+            return Err(format!("static entry {entry:?} names no directory"));
+        }
+        Ok(StaticMount {
+            prefix: prefix.to_owned(),
+            directory: PathBuf::from(directory),
+        })
+    }
 }
 
 /// Where the access log goes.
@@ -120,6 +227,7 @@ impl Config {
                 .expect("the default format parses"),
             dump_slow_requests_after: None,
             request_timeout: None,
+            statics: StaticConfig::default(),
         }
     }
 }
@@ -175,7 +283,7 @@ impl Config {
                 return Err("ident must not contain control characters".into());
             }
         }
-        Ok(())
+        self.statics.validate()
     }
 
     pub fn head_limits(&self) -> HeadLimits {

@@ -402,7 +402,7 @@ def test_json_lines_parse_and_carry_the_values(make_server: MakeServer, access_l
     first, second, third = (json.loads(line) for line in data.splitlines())
     assert set(first) == {
         "time", "remote_addr", "user", "method", "path", "query", "protocol", "status", "bytes",
-        "duration", "referer", "user_agent", "pid", "aborted", "keep_alive",
+        "duration", "referer", "user_agent", "pid", "aborted", "keep_alive", "handler",
     }  # fmt: skip
     assert {k: first[k] for k in first if k not in ("time", "duration", "user_agent")} == {
         "remote_addr": "127.0.0.1",
@@ -417,13 +417,14 @@ def test_json_lines_parse_and_carry_the_values(make_server: MakeServer, access_l
         "pid": srv.proc.pid,
         "aborted": False,
         "keep_alive": False,
+        "handler": "application",
     }
     # The 0xff byte escaped as the text \xff (or, at least, as a JSON escape).
     assert first["user_agent"] in ('ua-\\xff-"-\\', 'ua-\xff-"-\\'), first["user_agent"]
     assert isinstance(first["duration"], (int, float)) and 0 <= first["duration"] <= waited, (first["duration"], waited)
     assert abs(parse_time(first["time"]) - time.time()) < 10, first["time"]
     assert (second["path"], second["query"], second["status"], second["bytes"], second["keep_alive"]) == ("/big", "n=1000", 200, 1000, True)
-    assert third["status"] == 400 and third["aborted"] is False, third
+    assert third["status"] == 400 and third["aborted"] is False and third["handler"] == "server", third
     # Refused before its head was parsed, the request is still named by its first line.
     assert (third["method"], third["path"], third["protocol"]) == ("GET", "/hello", "HTTP/1.1"), third
 

@@ -214,7 +214,8 @@ class Adjustments:
     def parse_args(cls, argv: list[str]) -> tuple[dict[str, Any], list[str]]:
         """Parses waitress-serve style arguments into (options, positional args).
 
-        Values stay strings; --listen may repeat (joined by spaces); booleans have
+        Values stay strings; --listen and --static may repeat (joined by spaces, and
+        by newlines so that a directory may have spaces); booleans have
         --name and --no-name forms; --help (-h) and --call are flags, and so is
         --version (in the result only when given).
         """
@@ -234,8 +235,9 @@ class Adjustments:
         for opt, value in opts:
             param = "help" if opt == "-h" else opt.lstrip("-").replace("-", "_")
             param = aliases.get(param, param)
-            if param == "listen":
-                kw["listen"] = "{} {}".format(kw.get("listen", ""), value).strip()
+            if param in REPEATABLE:
+                joined = REPEATABLE[param].join((kw.get(param, ""), value))
+                kw[param] = joined.strip(REPEATABLE[param])
             elif param in ("help", "call", "version"):
                 kw[param] = True
             elif param in booleans:
@@ -245,6 +247,10 @@ class Adjustments:
             else:
                 kw[param] = value
         return kw, args
+
+
+#: The options the command line may repeat, and what joins their values.
+REPEATABLE = {"listen": " ", "static": "\n"}
 
 
 def needs_supervisor(workers: int, max_requests: int, max_worker_memory: int, reload: bool) -> bool:

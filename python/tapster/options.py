@@ -127,6 +127,7 @@ SECTIONS = (
     ("application", "What the application sees"),
     ("logging", "Logging"),
     ("observability", "Access log, metrics and stuck requests"),
+    ("static", "Static files"),
     ("process", "Process (command line only)"),
     ("compat", "Compatibility options with no effect (accepted as Waitress does)"),
 )
@@ -513,6 +514,47 @@ OPTIONS: tuple[Option, ...] = (
         "gracefully; in a single process it is logged and counted, since a Python thread "
         "cannot be stopped safely (0: off).",
         section="observability",
+    ),
+    Option(
+        "static", aslist_cronly, [], "server",
+        "Tapster: serve the files of DIRECTORY under the URL prefix, as `/prefix=DIRECTORY` "
+        "(repeatable; one entry a line in a configuration file), from the I/O threads with "
+        "`sendfile(2)`: the application never sees a request under a prefix. Only `GET` and "
+        "`HEAD` (405 otherwise); dotfiles, directory listings and paths leaving the "
+        "directory are never served (404).",
+        section="static",
+    ),
+    Option(
+        "static_fallthrough", asbool, False, "server",
+        "Tapster: a request under a `static` prefix that the mount does not serve (no such "
+        "file, a dotfile, a directory) goes to the application instead of a 404. Paths "
+        "that try to leave the directory are still 404.",
+        section="static",
+    ),
+    Option(
+        "static_index", asbool, False, "server",
+        "Tapster: a directory's `index.html` answers for it (a directory named without its "
+        "trailing slash is redirected, 301, to the name with it).",
+        section="static",
+    ),
+    Option(
+        "static_follow_symlinks", asbool, False, "server",
+        "Tapster: follow symlinks wherever they point. Off: a symlink is followed only while "
+        "it stays inside the mount's directory (relative, never through `..` out of it).",
+        section="static",
+    ),
+    Option(
+        "static_max_age", int, 60, "server",
+        "Tapster: `Cache-Control: public, max-age=N` of static files, in seconds (0: "
+        "`no-cache`, revalidate every time).",
+        section="static",
+    ),
+    Option(
+        "static_immutable_pattern", str_iftruthy, None, "server",
+        "Tapster: static paths (below their prefix) matching this regular expression are "
+        "sent with `Cache-Control: public, max-age=31536000, immutable`: for names with a "
+        "content hash, e.g. `\\.[0-9a-f]{8,}\\.`.",
+        section="static",
     ),
     # The `tapster` command's own (layer "cli": not serve() keyword arguments).
     Option(

@@ -1,4 +1,6 @@
-//! The `Date` header value (RFC 9110 IMF-fixdate), formatted at most once per second.
+//! HTTP dates (RFC 9110 section 5.6.7): the `Date` header value (IMF-fixdate), formatted
+//! at most once per second, and the parsing of the three date forms a client may send
+//! (`If-Modified-Since`, `If-Range`).
 
 use std::cell::Cell;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -77,9 +79,131 @@ pub fn civil_from_days(days: i64) -> (i64, u32, u32) {
     (year, month, day)
 }
 
+/// Days since 1970-01-01 of a proleptic Gregorian date (the inverse of `civil_from_days`).
+pub fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
+    let year = year - i64::from(month <= 2);
+    let era = year.div_euclid(400);
+    let yoe = year.rem_euclid(400);
+    let mp = i64::from((month + 9) % 12);
+    let doy = (153 * mp + 2) / 5 + i64::from(day) - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// Seconds since the Unix epoch of an HTTP date in any of its three forms:
+/// IMF-fixdate (`Sun, 06 Nov 1994 08:49:37 GMT`), RFC 850 (`Sunday, 06-Nov-94 08:49:37
+/// GMT`) or asctime (`Sun Nov  6 08:49:37 1994`). The weekday is not checked (RFC 9110
+/// lets a recipient ignore it); anything else malformed, or before 1970, is `None`.
+pub fn parse_http_date(text: &[u8]) -> Option<u64> {
+    let text = std::str::from_utf8(text).ok()?.trim();
+    let (year, month, day, clock): (i64, u32, u32, &str) =
+        if let Some((_, rest)) = text.split_once(", ") {
+            let fields: Vec<&str> = rest.split([' ', '-']).collect();
+            match fields.as_slice() {
+                [day, month, year_text, clock, "GMT"] => {
+                    let year: i64 = digits(year_text)?;
+                    // RFC 850's two-digit year (dates before 1970 are refused anyway).
+                    let year = match year_text.len() {
+                        2 if year < 70 => 2000 + year,
+                        2 => 1900 + year,
+                        _ => year,
+                    };
+                    (year, month_number(month)?, digits(day)?, *clock)
+                }
+                _ => return None,
+            }
+        } else {
+            let fields: Vec<&str> = text.split_ascii_whitespace().collect();
+            match fields.as_slice() {
+                [_weekday, month, day, clock, year] => {
+                    (digits(year)?, month_number(month)?, digits(day)?, *clock)
+                }
+                _ => return None,
+            }
+        };
+    let mut parts = clock.split(':');
+    let (h, m, s): (u64, u64, u64) = (
+        digits(parts.next()?)?,
+        digits(parts.next()?)?,
+        digits(parts.next()?)?,
+    );
+    if parts.next().is_some() || h > 23 || m > 59 || s > 60 || !(1..=31).contains(&day) {
+        return None;
+    }
+    let days = days_from_civil(year, month, day);
+    if days < 0 || civil_from_days(days) != (year, month, day) {
+        return None;
+    }
+    Some(days as u64 * 86_400 + h * 3600 + m * 60 + s)
+}
+
+fn digits<T: std::str::FromStr>(text: &str) -> Option<T> {
+    if text.is_empty() || text.len() > 4 || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    text.parse().ok()
+}
+
+fn month_number(name: &str) -> Option<u32> {
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    MONTHS.iter().position(|m| *m == name).map(|i| i as u32 + 1)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn parses_the_three_forms() {
+        for form in [
+            &b"Sun, 06 Nov 1994 08:49:37 GMT"[..],
+            b"Sunday, 06-Nov-94 08:49:37 GMT",
+            b"Sun Nov  6 08:49:37 1994",
+        ] {
+            assert_eq!(parse_http_date(form), Some(784_111_777), "{form:?}");
+        }
+        assert_eq!(parse_http_date(b"Thu, 01 Jan 1970 00:00:00 GMT"), Some(0));
+        assert_eq!(
+            parse_http_date(b"Tue, 29 Feb 2000 00:00:00 GMT"),
+            Some(951_782_400)
+        );
+    }
+
+    #[test]
+    fn refuses_malformed_dates() {
+        for bad in [
+            &b""[..],
+            b"yesterday",
+            b"Sun, 06 Nov 1994 08:49:37 UTC",
+            b"Sun, 06 Nov 1994 08:49 GMT",
+            b"Sun, 31 Feb 1994 08:49:37 GMT",
+            b"Sun, 06 Foo 1994 08:49:37 GMT",
+            b"Sun, 06 Nov 1994 24:00:00 GMT",
+            b"Sun, 06 Nov 1969 08:49:37 GMT",
+            b"Sun, 06 Nov +994 08:49:37 GMT",
+            b"Sun, 06 Nov 1994 08:49:37:01 GMT",
+            b"\xff\xfe",
+        ] {
+            assert_eq!(parse_http_date(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn formatting_and_parsing_agree() {
+        for secs in [
+            0u64,
+            59,
+            86_399,
+            86_400,
+            951_782_400,
+            1_795_568_400,
+            4_102_444_800,
+        ] {
+            assert_eq!(parse_http_date(&format_imf_fixdate(secs)), Some(secs));
+        }
+    }
 
     #[test]
     fn known_dates() {

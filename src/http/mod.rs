@@ -3,12 +3,14 @@
 //! a thread or Python, so every rule can be unit-tested, property-tested and fuzzed.
 
 pub mod body;
+pub mod conditional;
 pub mod date;
 pub mod encoder;
 pub mod error;
 pub mod proxy_protocol;
 pub mod request;
 pub mod response;
+pub mod static_path;
 pub mod target;
 pub mod version;
 
@@ -16,6 +18,8 @@ pub mod version;
 mod proptests;
 #[cfg(test)]
 mod proxy_proptests;
+#[cfg(test)]
+mod static_proptests;
 
 pub use body::{BodyDecoder, Progress};
 pub use error::{ErrorKind, HttpError};

@@ -12,6 +12,7 @@
 //! named by [`Format::request_headers`], [`Format::response_headers`] and
 //! [`Format::environ_keys`]; an empty slice means nothing of that kind is needed.
 
+use super::Handler;
 use std::cell::RefCell;
 use std::ops::Range;
 use std::sync::Arc;
@@ -53,6 +54,8 @@ pub struct Record {
     /// Response body bytes actually sent (head excluded).
     pub body_bytes: u64,
     pub outcome: Outcome,
+    /// Who answered (the JSON format's `handler`).
+    pub handler: Handler,
     pub pid: u32,
     /// Values of [`Format::response_headers`], same order.
     pub response_headers: Vec<Option<Vec<u8>>>,
@@ -748,6 +751,8 @@ fn put_json(r: &Record, [referer, agent, auth]: [usize; 3], out: &mut Vec<u8>) {
     put_bool(out, r.outcome == Outcome::Aborted);
     put_key(out, "keep_alive");
     put_bool(out, r.outcome == Outcome::KeptAlive);
+    put_key(out, "handler");
+    put_json_str(out, r.handler.name().as_bytes());
     out.push(b'}');
 }
 
@@ -952,6 +957,7 @@ mod tests {
                 status: self.status,
                 body_bytes: self.body_bytes,
                 outcome: self.outcome,
+                handler: Handler::Application,
                 pid: self.pid,
                 response_headers: self.response_headers.clone(),
                 environ: self.environ.clone(),
@@ -1436,7 +1442,7 @@ mod tests {
             \"user\":\"alice\",\"method\":\"GET\",\"path\":\"/a/b\",\"query\":\"x=1&y=2\",\
             \"protocol\":\"HTTP/1.1\",\"status\":404,\"bytes\":1234,\"duration\":2.003456,\
             \"referer\":\"https://example.com/from\",\"user_agent\":\"curl/8.5\",\"pid\":4242,\
-            \"aborted\":false,\"keep_alive\":true}\n";
+            \"aborted\":false,\"keep_alive\":true,\"handler\":\"application\"}\n";
         assert_eq!(line("json"), want);
     }
 
@@ -1457,12 +1463,14 @@ mod tests {
             "{got}"
         );
         assert!(
-            got.ends_with(",\"aborted\":true,\"keep_alive\":false}\n"),
+            got.ends_with(",\"aborted\":true,\"keep_alive\":false,\"handler\":\"application\"}\n"),
             "{got}"
         );
         let closed = line_with("json", |r| r.outcome = Outcome::Closed);
         assert!(
-            closed.ends_with(",\"aborted\":false,\"keep_alive\":false}\n"),
+            closed.ends_with(
+                ",\"aborted\":false,\"keep_alive\":false,\"handler\":\"application\"}\n"
+            ),
             "{closed}"
         );
     }
@@ -1729,7 +1737,7 @@ mod tests {
 
     // ---- properties ----
 
-    const JSON_KEYS: [&str; 15] = [
+    const JSON_KEYS: [&str; 16] = [
         "time",
         "remote_addr",
         "user",
@@ -1745,6 +1753,7 @@ mod tests {
         "pid",
         "aborted",
         "keep_alive",
+        "handler",
     ];
 
     /// What a JSON string of `bytes` must read back as: UTF-8 kept, other bytes Latin-1.

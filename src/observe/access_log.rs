@@ -290,6 +290,7 @@ mod tests {
             status: Some(200),
             body_bytes: 5,
             outcome: Outcome::KeptAlive,
+            handler: crate::observe::Handler::Application,
             pid: 1,
             response_headers: Vec::new(),
             environ: Vec::new(),

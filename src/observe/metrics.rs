@@ -11,6 +11,7 @@
 //! scraped. Rendering the Prometheus text reads every slot and `/proc`; it
 //! runs on the metrics listener's task, never on a worker thread. No sockets, no Python.
 
+use super::Handler;
 use std::fmt::Write as _;
 use std::io;
 use std::sync::atomic::{AtomicI64, AtomicPtr, AtomicU32, AtomicU64, Ordering};
@@ -132,7 +133,7 @@ pub struct Slot {
 struct Shard {
     counters: [AtomicU64; COUNTERS],
     gauges: [AtomicI64; GAUGES],
-    requests: [[AtomicU64; STATUS_CLASSES.len()]; METHODS.len()],
+    requests: [[[AtomicU64; STATUS_CLASSES.len()]; METHODS.len()]; Handler::ALL.len()],
     /// Observations per bucket (not cumulative; the text is).
     buckets: [AtomicU64; BUCKETS],
     duration_sum_us: AtomicU64,
@@ -159,10 +160,10 @@ impl Slot {
             .sum()
     }
 
-    fn requests(&self, method: usize, class: usize) -> u64 {
+    fn requests(&self, handler: usize, method: usize, class: usize) -> u64 {
         self.shards
             .iter()
-            .map(|s| s.requests[method][class].load(Ordering::Relaxed))
+            .map(|s| s.requests[handler][method][class].load(Ordering::Relaxed))
             .sum()
     }
 
@@ -334,7 +335,7 @@ pub fn method_index(method: &[u8]) -> u8 {
 
 /// One request ended (answered or not; `status` 0: no response was sent): counted by
 /// method and status class, and its duration observed.
-pub fn request_done(method: u8, status: u16, duration: Duration) {
+pub fn request_done(handler: Handler, method: u8, status: u16, duration: Duration) {
     let Some(s) = slot() else {
         return;
     };
@@ -344,7 +345,7 @@ pub fn request_done(method: u8, status: u16, duration: Duration) {
         c => usize::from(c).min(STATUS_CLASSES.len() - 1) - 1,
     };
     let method = usize::from(method).min(METHODS.len() - 1);
-    s.requests[method][class].fetch_add(1, Ordering::Relaxed);
+    s.requests[handler as usize][method][class].fetch_add(1, Ordering::Relaxed);
     let us = u64::try_from(duration.as_micros()).unwrap_or(u64::MAX);
     let bucket = BUCKETS_US.partition_point(|&bound| bound < us);
     s.buckets[bucket].fetch_add(1, Ordering::Relaxed);
@@ -407,16 +408,19 @@ fn render_requests(r: &Region, out: &mut String) {
         out,
         "tapster_requests_total",
         "counter",
-        "Requests that ended (answered in full or not), by method and status class (none: no response).",
+        "Requests that ended (answered in full or not), by method, status class (none: no response) and handler (application, static, or server: refused before either).",
     );
-    for (m, method) in METHODS.iter().enumerate() {
-        for (c, class) in STATUS_CLASSES.iter().enumerate() {
-            let n: u64 = r.slots.iter().map(|s| s.requests(m, c)).sum();
-            if n > 0 {
-                let _ = writeln!(
-                    out,
-                    "tapster_requests_total{{method=\"{method}\",status=\"{class}\"}} {n}"
-                );
+    for (h, handler) in Handler::ALL.iter().enumerate() {
+        for (m, method) in METHODS.iter().enumerate() {
+            for (c, class) in STATUS_CLASSES.iter().enumerate() {
+                let n: u64 = r.slots.iter().map(|s| s.requests(h, m, c)).sum();
+                if n > 0 {
+                    let _ = writeln!(
+                        out,
+                        "tapster_requests_total{{method=\"{method}\",status=\"{class}\",handler=\"{}\"}} {n}",
+                        handler.name()
+                    );
+                }
             }
         }
     }
@@ -670,13 +674,23 @@ mod tests {
     fn a_forked_process_counts_into_the_same_region_and_a_scrape_sums_it() {
         create().unwrap();
         attach(7).unwrap();
-        request_done(method_index(b"PATCH"), 404, Duration::from_millis(3));
+        request_done(
+            Handler::Static,
+            method_index(b"PATCH"),
+            404,
+            Duration::from_millis(3),
+        );
         // SAFETY: the child only touches atomics in the shared mapping, then _exits.
         let pid = unsafe { libc::fork() };
         assert!(pid >= 0);
         if pid == 0 {
             if attach(8).is_ok() {
-                request_done(method_index(b"PATCH"), 404, Duration::from_millis(3));
+                request_done(
+                    Handler::Static,
+                    method_index(b"PATCH"),
+                    404,
+                    Duration::from_millis(3),
+                );
                 count(Counter::SlowRequests, 5);
             }
             // SAFETY: ends the child at once, running nothing of the parent's.
@@ -687,7 +701,9 @@ mod tests {
         unsafe { libc::waitpid(pid, &mut status, 0) };
         let text = render().unwrap();
         assert!(
-            text.contains("tapster_requests_total{method=\"PATCH\",status=\"4xx\"} 2\n"),
+            text.contains(
+                "tapster_requests_total{method=\"PATCH\",status=\"4xx\",handler=\"static\"} 2\n"
+            ),
             "{text}"
         );
         let r = region().unwrap();
@@ -697,7 +713,7 @@ mod tests {
         assert_eq!(free_slot(&[0, 1, 2, 3, 4, 5, 6]), Some(8));
         assert!(render()
             .unwrap()
-            .contains("method=\"PATCH\",status=\"4xx\"} 2\n"));
+            .contains("method=\"PATCH\",status=\"4xx\",handler=\"static\"} 2\n"));
     }
 
     #[test]

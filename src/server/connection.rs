@@ -20,6 +20,7 @@ use super::responder::{Completion, OutputLimits, Responder, Step};
 use super::shutdown::{first_request_deadline, Shutdown, ShutdownSignal};
 use super::socket::{Conn, ReadBuf};
 use super::spool::{Body, BodySpool};
+use super::static_files::{self, Route, StaticFiles};
 use super::tracking::{Observer, PageFacts};
 use crate::config::Config;
 use crate::http::request::{HeadLimits, HeadParser, RequestHead, Version};
@@ -27,6 +28,7 @@ use crate::http::response::{error_page, protocol_error_page, CONTINUE};
 use crate::http::{BodyDecoder, ErrorKind, HttpError};
 use crate::observe::access_format::Outcome;
 use crate::observe::metrics::{self, ConnState};
+use crate::observe::Handler;
 
 /// State shared by every connection of one server.
 pub struct Shared {
@@ -43,6 +45,8 @@ pub struct Shared {
     pub refusals: proxy_header::Refusals,
     /// Hears of every finished request (metrics, access log).
     pub observer: Arc<Observer>,
+    /// The `static` mounts, if any.
+    pub statics: Option<StaticFiles>,
 }
 
 /// A connection's read buffer starts this small (most request heads fit) and grows to
@@ -241,6 +245,11 @@ impl Session {
                 }
                 Err(BodyFailure::Closed) => return End::Quiet,
             };
+            let route = self.route(&head);
+            let handler = match route {
+                Route::Application => Handler::Application,
+                Route::Answer(_) => Handler::Static,
+            };
             let mut responder = Responder::new(
                 self.conn.clone(),
                 self.shared.output_limits,
@@ -248,17 +257,20 @@ impl Session {
             );
             let observer = &self.shared.observer;
             if observer.active() {
-                let tracked = observer.begin(&head, &self.info, self.request_started);
+                let tracked = observer.begin(&head, &self.info, self.request_started, handler);
                 responder = responder.tracked(observer.clone(), tracked);
             }
             let responder = Arc::new(responder);
             self.state.set(ConnState::Responding);
-            self.shared.dispatcher.dispatch(Request {
-                head,
-                body,
-                conn: self.info.clone(),
-                responder: responder.clone(),
-            });
+            match route {
+                Route::Application => self.shared.dispatcher.dispatch(Request {
+                    head,
+                    body,
+                    conn: self.info.clone(),
+                    responder: responder.clone(),
+                }),
+                Route::Answer(answer) => static_files::send(&responder, answer),
+            }
             // If this task is dropped mid-response (the runtime stopping at the end of
             // a shutdown), the response fails: a parked iterator is resumed only to be
             // closed, and nothing waits for this connection any more.
@@ -282,6 +294,19 @@ impl Session {
                 ResponseEnd::Delivered { .. } => return End::AfterResponse,
                 ResponseEnd::Dropped => return End::Quiet,
             }
+        }
+    }
+
+    /// Whether a static mount answers this request (never for one the application must
+    /// see: no mounts, or not under one).
+    fn route(&self, head: &RequestHead) -> Route {
+        match &self.shared.statics {
+            Some(statics) => statics.route(
+                head,
+                head.keep_alive && !self.shutdown.is_closing(),
+                self.shared.config.ident.as_deref(),
+            ),
+            None => Route::Application,
         }
     }
 
@@ -770,6 +795,7 @@ mod tests {
             shutdown: shutdown.clone(),
             budgets: Budgets::unlimited(),
             observer: Arc::new(Observer::new(None)),
+            statics: None,
         });
         let info = Arc::new(crate::test_support::unix_conn_info(shutdown.clone()));
         let task = tokio::spawn(serve(conn, info, shared));

@@ -22,6 +22,7 @@ use super::ratelimit::{suppressed_note, RateLimit, Verdict};
 use super::responder::OutputLimits;
 use super::shutdown::{Shutdown, ShutdownSignal};
 use super::socket::{register, Conn};
+use super::static_files::StaticFiles;
 use super::tracking::Observer;
 use crate::config::Config;
 use crate::observe::metrics::{self, Counter};
@@ -127,6 +128,8 @@ pub fn start(
         changed: Condvar::new(),
     });
     let limit = Arc::new(Semaphore::new(config.connection_limit));
+    let statics = StaticFiles::open(&config.statics)
+        .map_err(|err| io::Error::new(io::ErrorKind::InvalidInput, err))?;
     let shared = Arc::new(Shared {
         head_limits: config.head_limits(),
         output_limits: OutputLimits::of(&config),
@@ -141,6 +144,7 @@ pub fn start(
         log: log.clone(),
         shutdown: shutdown.clone(),
         observer,
+        statics,
     });
     let mut listening = Vec::with_capacity(listeners.len());
     {

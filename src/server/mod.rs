@@ -19,6 +19,7 @@ pub mod responder;
 pub mod shutdown;
 pub mod socket;
 pub mod spool;
+pub mod static_files;
 pub mod stopfd;
 pub mod tracking;
 

@@ -27,7 +27,7 @@ use bytes::{Bytes, BytesMut};
 use smallvec::SmallVec;
 
 use super::budget::Budgets;
-use super::socket::Conn;
+use super::socket::{Conn, Next};
 use super::spool::SpillFile;
 use super::tracking::{Observer, Tracked};
 use crate::config::Config;
@@ -183,8 +183,12 @@ pub trait Sink: Send + Sync + 'static {
     /// One non-blocking vectored write from any thread; `WouldBlock` when full.
     fn try_send(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize>;
 
-    /// Writes part of `bufs`, waiting for room if needed.
-    fn send(&self, bufs: &[IoSlice<'_>]) -> impl Future<Output = io::Result<usize>> + Send;
+    /// Writes part of `bufs`, waiting for room if needed (`next`: what follows them).
+    fn send(
+        &self,
+        bufs: &[IoSlice<'_>],
+        next: Next,
+    ) -> impl Future<Output = io::Result<usize>> + Send;
 
     /// `sendfile(2)` of up to `len` bytes of `file` at `offset`; 0 at the end of the file.
     fn sendfile(
@@ -200,8 +204,12 @@ impl Sink for Conn {
         Conn::try_send(self, bufs)
     }
 
-    fn send(&self, bufs: &[IoSlice<'_>]) -> impl Future<Output = io::Result<usize>> + Send {
-        Conn::send(self, bufs)
+    fn send(
+        &self,
+        bufs: &[IoSlice<'_>],
+        next: Next,
+    ) -> impl Future<Output = io::Result<usize>> + Send {
+        Conn::send(self, bufs, next)
     }
 
     fn sendfile(
@@ -241,6 +249,8 @@ pub enum Delivery {
     Queued,
 }
 
+/// At most this many queued bytes go in one batch with the file that follows them.
+const FILE_JOINS_BYTES: usize = 16 * 1024;
 /// Most pieces a consumer takes in one batch.
 const BATCH_CHUNKS: usize = 64;
 /// Most bytes a consumer takes in one batch (so progress is reported as it goes).
@@ -720,8 +730,12 @@ impl<S: Sink> Responder<S> {
                     batch.push(Chunk::Bytes(data));
                     break;
                 }
+                // A file ends a batch. It joins the bytes before it when they are few
+                // (a response head): they go out with `MSG_MORE` and the file's first
+                // bytes in the same segment. After more, the file waits for the next
+                // batch, so that their memory is given back first.
                 file @ Chunk::File(_) => {
-                    if batch.is_empty() {
+                    if bytes <= FILE_JOINS_BYTES {
                         batch.push(file);
                     } else {
                         inner.queue.push_front(file);
@@ -811,7 +825,7 @@ impl<S: Sink> Responder<S> {
                     bufs.push(b);
                 }
                 Chunk::File(segment) => {
-                    self.write_bytes(&mut bufs, stall).await?;
+                    self.write_bytes(&mut bufs, stall, Next::File).await?;
                     send_file_segment(&*self.conn, &segment, stall, &self.sent).await?;
                 }
                 Chunk::Spilled(_) | Chunk::Gathered(_) => {
@@ -819,16 +833,21 @@ impl<S: Sink> Responder<S> {
                 }
             }
         }
-        self.write_bytes(&mut bufs, stall).await?;
+        self.write_bytes(&mut bufs, stall, Next::Nothing).await?;
         self.batch_written(bytes_total);
         Ok(())
     }
 
-    async fn write_bytes(&self, bufs: &mut Vec<Bytes>, stall: Duration) -> io::Result<()> {
+    async fn write_bytes(
+        &self,
+        bufs: &mut Vec<Bytes>,
+        stall: Duration,
+        next: Next,
+    ) -> io::Result<()> {
         let mut first = 0;
         while first < bufs.len() {
             let slices: Vec<IoSlice<'_>> = bufs[first..].iter().map(|b| IoSlice::new(b)).collect();
-            let mut n = progress_within(stall, self.conn.send(&slices)).await?;
+            let mut n = progress_within(stall, self.conn.send(&slices, next)).await?;
             if n == 0 {
                 return Err(io::ErrorKind::WriteZero.into());
             }
@@ -977,7 +996,11 @@ mod tests {
             }
         }
 
-        fn send(&self, bufs: &[IoSlice<'_>]) -> impl Future<Output = io::Result<usize>> + Send {
+        fn send(
+            &self,
+            bufs: &[IoSlice<'_>],
+            _next: Next,
+        ) -> impl Future<Output = io::Result<usize>> + Send {
             let (fail, per_send, delay, stalled) = {
                 let script = self.0.lock().unwrap();
                 (script.fail, script.per_send, script.delay, script.stalled)
@@ -1057,7 +1080,12 @@ mod tests {
         let observer = Arc::new(Observer::new(Some(log)));
         let head = crate::test_support::head(b"GET /t?q=1 HTTP/1.1\r\nHost: x\r\n\r\n");
         let info = crate::test_support::unix_conn_info(ShutdownSignal::new());
-        let tracked = observer.begin(&head, &info, std::time::Instant::now());
+        let tracked = observer.begin(
+            &head,
+            &info,
+            std::time::Instant::now(),
+            crate::observe::Handler::Application,
+        );
         let r = responder(sink, LIMITS, &Budgets::unlimited()).tracked(observer.clone(), tracked);
         (r, observer, lines)
     }

@@ -90,6 +90,15 @@ impl ReadBuf for Vec<u8> {
 /// Writes never raise SIGPIPE; a vanished peer is an EPIPE error instead.
 const SEND_FLAGS: libc::c_int = libc::MSG_NOSIGNAL;
 
+/// What follows the bytes of a `Conn::send` at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Next {
+    /// Nothing known: push them out.
+    Nothing,
+    /// A `sendfile` of the same response.
+    File,
+}
+
 impl Conn {
     /// Registers `socket` (already non-blocking) with the current tokio reactor.
     pub fn new(socket: Socket) -> io::Result<Conn> {
@@ -180,11 +189,17 @@ impl Conn {
     }
 
     /// Sends part of `bufs`, waiting for the socket to become writable if needed.
-    pub async fn send(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+    /// Bytes that a file's `sendfile` follows at once are sent with `MSG_MORE`, so the
+    /// kernel puts them in the same segment as the file's first bytes.
+    pub async fn send(&self, bufs: &[IoSlice<'_>], next: Next) -> io::Result<usize> {
+        let flags = match next {
+            Next::Nothing => SEND_FLAGS,
+            Next::File => SEND_FLAGS | libc::MSG_MORE,
+        };
         loop {
             let mut guard = self.io.writable().await?;
             match guard.try_io(|io| loop {
-                match io.get_ref().send_vectored_with_flags(bufs, SEND_FLAGS) {
+                match io.get_ref().send_vectored_with_flags(bufs, flags) {
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                     other => return other,
                 }
@@ -203,7 +218,7 @@ impl Conn {
     /// Sends all of `data`.
     pub async fn send_all(&self, mut data: &[u8]) -> io::Result<()> {
         while !data.is_empty() {
-            let n = self.send(&[IoSlice::new(data)]).await?;
+            let n = self.send(&[IoSlice::new(data)], Next::Nothing).await?;
             if n == 0 {
                 return Err(io::ErrorKind::WriteZero.into());
             }

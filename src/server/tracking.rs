@@ -16,6 +16,7 @@ use crate::http::RequestHead;
 use crate::observe::access_format::{Format, Outcome, Record, RequestText};
 use crate::observe::access_log::AccessLog;
 use crate::observe::metrics::{self, Gauge};
+use crate::observe::Handler;
 
 /// What a server reports finished requests to.
 pub struct Observer {
@@ -41,10 +42,17 @@ impl Observer {
     }
 
     /// Starts following a request that is about to be dispatched.
-    pub fn begin(&self, head: &RequestHead, info: &ConnInfo, started: Instant) -> Tracked {
+    pub fn begin(
+        &self,
+        head: &RequestHead,
+        info: &ConnInfo,
+        started: Instant,
+        handler: Handler,
+    ) -> Tracked {
         metrics::gauge_add(Gauge::InFlight, 1);
         Tracked {
             started,
+            handler,
             peer: info.peer.clone(),
             method: metrics::method_index(head.method()),
             status: 0,
@@ -71,6 +79,7 @@ impl Observer {
                     status: None,
                     body_bytes: 0,
                     outcome: Outcome::Closed,
+                    handler,
                     pid: std::process::id(),
                     response_headers: Vec::new(),
                     environ: Vec::new(),
@@ -83,7 +92,7 @@ impl Observer {
     pub fn finished(&self, tracked: Tracked, outcome: Outcome, sent: u64) {
         metrics::gauge_add(Gauge::InFlight, -1);
         let duration = tracked.started.elapsed();
-        metrics::request_done(tracked.method, tracked.status, duration);
+        metrics::request_done(tracked.handler, tracked.method, tracked.status, duration);
         let (Some(log), Some(mut record)) = (&self.access, tracked.details) else {
             return;
         };
@@ -109,7 +118,12 @@ impl Observer {
     ) {
         let duration = started.elapsed();
         let (method, target) = page.method_and_target();
-        metrics::request_done(metrics::method_index(method), page.status, duration);
+        metrics::request_done(
+            Handler::Server,
+            metrics::method_index(method),
+            page.status,
+            duration,
+        );
         let (Some(log), Some(format)) = (&self.access, self.format()) else {
             return;
         };
@@ -127,6 +141,7 @@ impl Observer {
             status: Some(page.status),
             body_bytes: page.body_bytes,
             outcome,
+            handler: Handler::Server,
             pid: std::process::id(),
             response_headers: Vec::new(),
             environ: Vec::new(),
@@ -179,6 +194,7 @@ const MAX_LOGGED_LINE: usize = 8 * 1024;
 /// One request being followed.
 pub struct Tracked {
     started: Instant,
+    handler: Handler,
     /// The client, for the log line when the application never saw the request.
     peer: Peer,
     method: u8,

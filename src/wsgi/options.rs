@@ -11,7 +11,9 @@ use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
 use super::WsgiConfig;
-use crate::config::{AccessLogTarget, Config, ProxyProtocol};
+use crate::config::{
+    AccessLogTarget, Config, ProxyProtocol, StaticConfig, StaticMount, StaticOpen,
+};
 use crate::observe::access_format::Format;
 use crate::proxy::{self, ProxyConfig, TrustedPeers};
 
@@ -44,6 +46,12 @@ pub const ENGINE_OPTIONS: &[&str] = &[
     "access_log_logger",
     "dump_slow_requests_after",
     "request_timeout",
+    "static",
+    "static_fallthrough",
+    "static_index",
+    "static_follow_symlinks",
+    "static_max_age",
+    "static_immutable_pattern",
     "url_scheme",
     "url_prefix",
     "server_name",
@@ -147,6 +155,30 @@ fn access_log(o: &Bound<'_, PyDict>) -> PyResult<(AccessLogTarget, Format)> {
     Ok((target, format))
 }
 
+/// `static` (entries `prefix=directory`) and the `static_*` options.
+fn statics(o: &Bound<'_, PyDict>) -> PyResult<StaticConfig> {
+    let entries: Vec<String> = required(o, "static")?;
+    let mounts = entries
+        .iter()
+        .map(|entry| StaticMount::parse(entry))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(PyValueError::new_err)?;
+    let follow: bool = required(o, "static_follow_symlinks")?;
+    let pattern: Option<String> = required(o, "static_immutable_pattern")?;
+    Ok(StaticConfig {
+        mounts,
+        fallthrough: required(o, "static_fallthrough")?,
+        index: required(o, "static_index")?,
+        open: if follow {
+            StaticOpen::FollowSymlinks
+        } else {
+            StaticOpen::Beneath
+        },
+        max_age: required(o, "static_max_age")?,
+        immutable_pattern: pattern.filter(|p| !p.is_empty()),
+    })
+}
+
 fn engine_config(o: &Bound<'_, PyDict>) -> PyResult<Config> {
     let ident: Option<String> = required(o, "ident")?;
     let (access_log, access_log_format) = access_log(o)?;
@@ -176,6 +208,7 @@ fn engine_config(o: &Bound<'_, PyDict>) -> PyResult<Config> {
         access_log_format,
         dump_slow_requests_after: seconds_or_off(o, "dump_slow_requests_after")?,
         request_timeout: seconds_or_off(o, "request_timeout")?,
+        statics: statics(o)?,
     };
     config.validate().map_err(PyValueError::new_err)?;
     Ok(config)
