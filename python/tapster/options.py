@@ -84,6 +84,14 @@ def as_trusted_proxies(value: Any) -> str | None:
 COMBINED_LOG_FORMAT = '%(h)s %(l)s %(u)s %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s"'
 
 
+def asnonnegative(value: Any) -> int:
+    """A whole number, 0 or more."""
+    number = int(value)
+    if number < 0:
+        raise ValueError(f"must be 0 or more, not {number}")
+    return number
+
+
 def asseconds_or_off(value: Any) -> float:
     """Seconds as a float; 0, empty or None means off."""
     if value is None or value == "":
@@ -544,7 +552,7 @@ OPTIONS: tuple[Option, ...] = (
         section="static",
     ),
     Option(
-        "static_max_age", int, 60, "server",
+        "static_max_age", asnonnegative, 60, "server",
         "Tapster: `Cache-Control: public, max-age=N` of static files, in seconds (0: "
         "`no-cache`, revalidate every time).",
         section="static",

@@ -38,10 +38,11 @@ pub enum Refusal {
 /// The path below the mount that `rest` (what `under_prefix` returned) names.
 pub fn resolve(rest: &[u8]) -> Result<StaticPath, Refusal> {
     let Some(rest) = rest.strip_prefix(b"/") else {
-        // The mount itself (`/static`).
+        // The mount itself named without its slash (`/static`): the directory, asked
+        // for as a file (with `static_index`, redirected to `/static/`).
         return Ok(StaticPath {
             relative: Vec::new(),
-            directory: true,
+            directory: false,
         });
     };
     let mut relative = Vec::with_capacity(rest.len());
@@ -174,7 +175,7 @@ mod tests {
                 directory: true,
             })
         };
-        assert_eq!(resolve(b""), dir(""));
+        assert_eq!(resolve(b""), file(""));
         assert_eq!(resolve(b"/"), dir(""));
         assert_eq!(resolve(b"/docs/"), dir("docs"));
         assert_eq!(resolve(b"/docs/api/"), dir("docs/api"));

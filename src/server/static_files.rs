@@ -614,3 +614,100 @@ fn open_walking(dir: RawFd, relative: &[u8]) -> io::Result<File> {
     }
     current.ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))
 }
+
+#[cfg(test)]
+mod tests {
+    //! The two ways of opening beneath a directory, on a real tree: `openat2` with
+    //! `RESOLVE_BENEATH`, and the component walk used where `openat2` is missing.
+
+    use super::*;
+    use std::io::Read;
+    use std::os::unix::fs::symlink;
+
+    struct Tree {
+        _dir: tempfile::TempDir,
+        root: OwnedFd,
+    }
+
+    fn tree() -> Tree {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let base = dir.path();
+        std::fs::create_dir_all(base.join("root/sub")).unwrap();
+        std::fs::write(base.join("root/a.txt"), b"inside").unwrap();
+        std::fs::write(base.join("root/sub/b.txt"), b"deeper").unwrap();
+        std::fs::write(base.join("secret.txt"), b"outside").unwrap();
+        symlink("a.txt", base.join("root/relative-in")).unwrap();
+        symlink("../secret.txt", base.join("root/relative-out")).unwrap();
+        symlink(base.join("root/a.txt"), base.join("root/absolute-in")).unwrap();
+        let root = open_directory(&base.join("root")).expect("the root opens");
+        Tree { _dir: dir, root }
+    }
+
+    fn read(file: io::Result<File>) -> Option<String> {
+        let mut text = String::new();
+        file.ok()?.read_to_string(&mut text).ok()?;
+        Some(text)
+    }
+
+    fn c(path: &str) -> CString {
+        CString::new(path).unwrap()
+    }
+
+    #[test]
+    fn openat2_stays_beneath_the_directory() {
+        let t = tree();
+        let fd = t.root.as_raw_fd();
+        assert_eq!(
+            read(openat2_beneath(fd, &c("a.txt"))).as_deref(),
+            Some("inside")
+        );
+        assert_eq!(
+            read(openat2_beneath(fd, &c("sub/b.txt"))).as_deref(),
+            Some("deeper")
+        );
+        assert_eq!(
+            read(openat2_beneath(fd, &c("relative-in"))).as_deref(),
+            Some("inside")
+        );
+        // Out of the directory, whatever the path or the link says.
+        for escape in [
+            "relative-out",
+            "absolute-in",
+            "../secret.txt",
+            "/etc/passwd",
+            "sub/../../secret.txt",
+        ] {
+            assert!(openat2_beneath(fd, &c(escape)).is_err(), "{escape}");
+        }
+    }
+
+    #[test]
+    fn the_walk_refuses_every_symlink() {
+        let t = tree();
+        let fd = t.root.as_raw_fd();
+        assert_eq!(read(open_walking(fd, b"a.txt")).as_deref(), Some("inside"));
+        assert_eq!(
+            read(open_walking(fd, b"sub/b.txt")).as_deref(),
+            Some("deeper")
+        );
+        assert!(open_walking(fd, b".").is_ok());
+        for refused in [
+            &b"relative-in"[..],
+            b"relative-out",
+            b"absolute-in",
+            b"a.txt/x",
+        ] {
+            assert!(open_walking(fd, refused).is_err(), "{refused:?}");
+        }
+    }
+
+    #[test]
+    fn following_symlinks_reaches_outside() {
+        let t = tree();
+        let fd = t.root.as_raw_fd();
+        assert_eq!(
+            read(openat(fd, &c("relative-out"), 0)).as_deref(),
+            Some("outside")
+        );
+    }
+}

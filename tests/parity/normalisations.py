@@ -660,6 +660,7 @@ NOT_COMPARED = {
     "Memory and temporary files are bounded per connection only (1,000 stalled uploads of 512 KiB pin 512 MB)": "server-wide resource use, not the wire: tests/test_reliability.py",
     "No access log (Paste's TransLogger, in Python, logs when the application returns)": "off by default on both sides: tests/test_access_log.py",
     "Queue depth only as a warning (waitress#303); no metrics": "a separate listener, off by default: tests/test_metrics.py",
+    "No static files: an application serves them through a WSGI round trip (WhiteNoise), or a proxy in front does": "off by default on Tapster, absent from Waitress: tests/test_static.py",
     "A stuck request is never reported (waitress#267)": "off by default, timing-dependent: tests/test_stuck_requests.py",
 }
 
