@@ -251,6 +251,15 @@ impl ResponseState {
         } else {
             Delivery::Direct
         };
+        self.send_as(py, pieces, delivery)
+    }
+
+    fn send_as(
+        &mut self,
+        py: Python<'_>,
+        pieces: &[Bound<'_, PyBytes>],
+        delivery: Delivery,
+    ) -> Result<(), SendError> {
         let mut out = Outgoing::take();
         let result = self.frame(py, pieces, &mut out);
         let result = result.and_then(|()| out.transmit(py, &self.responder, delivery));
@@ -310,8 +319,9 @@ impl ResponseState {
     }
 
     /// Sends `len` bytes of `file` from `offset` with `sendfile(2)`, by the connection
-    /// task (the head first, if it has not gone out yet). The length is capped at what
-    /// the framing still allows.
+    /// task (the head first, if it has not gone out yet: queued too, so that it leaves
+    /// with `MSG_MORE` in the segment of the file's first bytes). The length is capped
+    /// at what the framing still allows.
     pub fn send_file(
         &mut self,
         py: Python<'_>,
@@ -320,7 +330,7 @@ impl ResponseState {
         len: u64,
     ) -> Result<(), SendError> {
         if !self.head_sent() {
-            self.send(py, &[])?;
+            self.send_as(py, &[], Delivery::Queued)?;
         }
         // Capped at what the framing still allows; a file larger than the declared
         // Content-Length is normal (an application's smaller length is honoured).
