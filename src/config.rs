@@ -151,14 +151,14 @@ impl StaticMount {
         let prefix = prefix.trim_end_matches('/');
         if prefix
             .bytes()
-            .any(|b| b <= b' ' || b == b'%' || b == b'?' || b == b'#' || b == 0x7f)
+            .any(|b| b <= b' ' || b == b'%' || b == b'?' || b == b'#' || b >= 0x7f)
             || prefix
                 .split('/')
                 .skip(1)
                 .any(|s| s.is_empty() || s == "." || s == "..")
         {
             return Err(format!(
-                "static entry {entry:?}: the URL prefix must be a plain path (no spaces, %, ?, #, empty, . or .. segments)"
+                "static entry {entry:?}: the URL prefix must be a plain ASCII path (no spaces, %, ?, #, non-ASCII, empty, . or .. segments)"
             ));
         }
         let directory = directory.trim();

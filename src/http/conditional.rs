@@ -3,6 +3,8 @@
 //! and `Accept-Encoding`. Pure functions of header values and a file's facts: nothing
 //! here opens a file.
 
+use smallvec::SmallVec;
+
 use super::date::parse_http_date;
 use super::request::{list_elements, trim_ows};
 
@@ -11,6 +13,18 @@ use super::request::{list_elements, trim_ows};
 /// the same size within one clock tick keeps its tag; any other change gives a new one.
 pub fn entity_tag(size: u64, mtime_nanos: u128, inode: u64) -> Vec<u8> {
     format!("\"{size:x}-{mtime_nanos:x}-{inode:x}\"").into_bytes()
+}
+
+/// Whether an `If-Match` value matches `etag` (strong comparison: a weak tag never
+/// matches; `*` matches any current representation).
+pub fn any_match(value: &[u8], etag: &[u8]) -> bool {
+    trim_ows(value) == b"*" || entity_tags(value).any(|tag| trim_ows(tag) == etag)
+}
+
+/// Whether an `If-Unmodified-Since` date still holds: the file was not modified after
+/// it. A malformed date is ignored (the condition holds).
+pub fn unmodified_since(value: &[u8], modified_secs: u64) -> bool {
+    parse_http_date(value).is_none_or(|since| modified_secs <= since)
 }
 
 /// Whether an `If-None-Match` value matches `etag` (weak comparison: `W/` is ignored on
@@ -30,9 +44,11 @@ pub fn not_modified_since(value: &[u8], modified_secs: u64) -> bool {
 }
 
 /// Whether an `If-Range` value lets a `Range` apply: a strong entity tag equal to ours,
-/// or a date equal to our `Last-Modified` (RFC 9110 section 13.1.5). Anything else
-/// (a weak tag, another date, garbage) means: send the whole file.
-pub fn if_range_holds(value: &[u8], etag: &[u8], modified_secs: u64) -> bool {
+/// or a date equal to our `Last-Modified` when that is a strong validator, at least a
+/// second before `now_secs` (RFC 9110 section 13.1.5: a file written twice within one
+/// second keeps its date). Anything else (a weak tag, another date, garbage) means:
+/// send the whole file.
+pub fn if_range_holds(value: &[u8], etag: &[u8], modified_secs: u64, now_secs: u64) -> bool {
     let value = trim_ows(value);
     if value.starts_with(b"\"") {
         return value == etag;
@@ -40,11 +56,11 @@ pub fn if_range_holds(value: &[u8], etag: &[u8], modified_secs: u64) -> bool {
     if value.starts_with(b"W/") {
         return false;
     }
-    parse_http_date(value) == Some(modified_secs)
+    parse_http_date(value) == Some(modified_secs) && modified_secs < now_secs.saturating_sub(1)
 }
 
-/// The entity tags of a list such as `"a", W/"b"`. Commas inside quotes are not
-/// separators (an entity tag cannot hold one, but a client may send anything).
+/// The entity tags of a list such as `"a", W/"b"`, split at every comma (an entity tag
+/// cannot hold one; a tag that does simply matches nothing).
 fn entity_tags(value: &[u8]) -> impl Iterator<Item = &[u8]> {
     list_elements(value)
 }
@@ -222,20 +238,19 @@ pub fn accepted_codings(value: &[u8]) -> [u16; 3] {
     weights.map(|w| w.or(star).unwrap_or(0))
 }
 
-/// Of the codings `available` (variants that exist), the one the client weighs most,
-/// preferring `br`, then `zstd`, then `gzip` among equals; `None` if none is acceptable.
-pub fn choose_coding(weights: [u16; 3], available: impl Fn(Coding) -> bool) -> Option<Coding> {
-    let mut best: Option<(u16, Coding)> = None;
-    for (i, coding) in Coding::ALL.into_iter().enumerate() {
-        let w = weights[i];
-        if w == 0 || !available(coding) {
-            continue;
-        }
-        if best.is_none_or(|(bw, _)| w > bw) {
-            best = Some((w, coding));
-        }
-    }
-    best.map(|(_, c)| c)
+/// The acceptable codings (weight above 0), the one the client weighs most first,
+/// `br`, then `zstd`, then `gzip` among equals: the order in which to look for
+/// variants.
+pub fn preference(weights: [u16; 3]) -> SmallVec<[Coding; 3]> {
+    let mut ranked: SmallVec<[(u16, Coding); 3]> = Coding::ALL
+        .into_iter()
+        .zip(weights)
+        .filter(|&(_, w)| w > 0)
+        .map(|(c, w)| (w, c))
+        .collect();
+    // Stable: equal weights keep `Coding::ALL`'s order.
+    ranked.sort_by_key(|&(w, _)| std::cmp::Reverse(w));
+    ranked.into_iter().map(|(_, c)| c).collect()
 }
 
 /// A q-value (`0`, `0.5`, `1`, `1.000`) in thousandths; `None` if malformed.
@@ -293,12 +308,15 @@ mod tests {
     #[test]
     fn if_range_needs_a_strong_match_or_the_exact_date() {
         let date = b"Sun, 06 Nov 1994 08:49:37 GMT";
-        assert!(if_range_holds(TAG, TAG, 0));
-        assert!(!if_range_holds(b"W/\"400-1-2\"", TAG, 0));
-        assert!(!if_range_holds(b"\"other\"", TAG, 0));
-        assert!(if_range_holds(date, TAG, 784_111_777));
-        assert!(!if_range_holds(date, TAG, 784_111_778));
-        assert!(!if_range_holds(b"nonsense", TAG, 0));
+        let now = 784_200_000;
+        assert!(if_range_holds(TAG, TAG, 0, now));
+        assert!(!if_range_holds(b"W/\"400-1-2\"", TAG, 0, now));
+        assert!(!if_range_holds(b"\"other\"", TAG, 0, now));
+        assert!(if_range_holds(date, TAG, 784_111_777, now));
+        assert!(!if_range_holds(date, TAG, 784_111_778, now));
+        assert!(!if_range_holds(b"nonsense", TAG, 0, now));
+        // A date is a weak validator within a second of the file's change.
+        assert!(!if_range_holds(date, TAG, 784_111_777, 784_111_778));
     }
 
     #[test]
@@ -359,13 +377,31 @@ mod tests {
     }
 
     #[test]
-    fn coding_choice_honours_weights_then_prefers_br() {
-        let all = |_: Coding| true;
-        assert_eq!(choose_coding([1000, 1000, 1000], all), Some(Coding::Brotli));
-        assert_eq!(choose_coding([500, 0, 1000], all), Some(Coding::Gzip));
-        assert_eq!(choose_coding([0, 0, 0], all), None);
-        let no_br = |c: Coding| c != Coding::Brotli;
-        assert_eq!(choose_coding([1000, 1000, 1000], no_br), Some(Coding::Zstd));
-        assert_eq!(choose_coding([1000, 0, 0], no_br), None);
+    fn preference_honours_weights_then_prefers_br() {
+        use Coding::*;
+        assert_eq!(
+            preference([1000, 1000, 1000]).as_slice(),
+            [Brotli, Zstd, Gzip]
+        );
+        assert_eq!(preference([500, 0, 1000]).as_slice(), [Gzip, Brotli]);
+        assert_eq!(preference([100, 900, 100]).as_slice(), [Zstd, Brotli, Gzip]);
+        assert!(preference([0, 0, 0]).is_empty());
+    }
+
+    #[test]
+    fn if_match_compares_strongly() {
+        assert!(any_match(TAG, TAG));
+        assert!(any_match(b"\"x\", \"400-1-2\"", TAG));
+        assert!(any_match(b"*", TAG));
+        assert!(!any_match(b"W/\"400-1-2\"", TAG));
+        assert!(!any_match(b"\"x\"", TAG));
+    }
+
+    #[test]
+    fn if_unmodified_since() {
+        let date = b"Sun, 06 Nov 1994 08:49:37 GMT";
+        assert!(unmodified_since(date, 784_111_777));
+        assert!(!unmodified_since(date, 784_111_778));
+        assert!(unmodified_since(b"garbage", 784_111_778));
     }
 }

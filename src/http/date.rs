@@ -79,6 +79,9 @@ pub fn civil_from_days(days: i64) -> (i64, u32, u32) {
     (year, month, day)
 }
 
+/// The first second after 9999-12-31 23:59:59 (the last that formats).
+const LAST_SECOND: u64 = 253_402_300_800;
+
 /// Days since 1970-01-01 of a proleptic Gregorian date (the inverse of `civil_from_days`).
 pub fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
     let year = year - i64::from(month <= 2);
@@ -134,7 +137,8 @@ pub fn parse_http_date(text: &[u8]) -> Option<u64> {
     if days < 0 || civil_from_days(days) != (year, month, day) {
         return None;
     }
-    Some(days as u64 * 86_400 + h * 3600 + m * 60 + s)
+    // A leap second on the last day of 9999 would be a year IMF-fixdate cannot write.
+    Some(days as u64 * 86_400 + h * 3600 + m * 60 + s).filter(|&secs| secs < LAST_SECOND)
 }
 
 fn digits<T: std::str::FromStr>(text: &str) -> Option<T> {
@@ -185,6 +189,7 @@ mod tests {
             b"Sun, 06 Nov +994 08:49:37 GMT",
             b"Sun, 06 Nov 1994 08:49:37:01 GMT",
             b"\xff\xfe",
+            b"Fri, 31 Dec 9999 23:59:60 GMT",
         ] {
             assert_eq!(parse_http_date(bad), None, "{bad:?}");
         }

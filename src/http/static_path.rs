@@ -18,7 +18,8 @@ pub fn under_prefix<'a>(prefix: &[u8], path: &'a [u8]) -> Option<&'a [u8]> {
 pub struct StaticPath {
     /// Empty for the directory itself.
     pub relative: Vec<u8>,
-    /// The request asked for a directory (it ended with `/`, or named the mount itself).
+    /// The request asked for a directory: it ended with `/` (the mount itself named
+    /// without one is asked for as a file, and redirected if it has an index).
     pub directory: bool,
 }
 
@@ -27,8 +28,8 @@ pub struct StaticPath {
 pub enum Refusal {
     /// An attempt to leave the directory or a malformed path: `.` or `..` segments
     /// (plain or percent-encoded), an encoded `/`, backslashes, NUL or other control
-    /// bytes, empty segments (`//`), broken percent escapes. Never served, never passed
-    /// to the application by `static_fallthrough`.
+    /// bytes, empty segments (`//`), broken percent escapes. Never opened (with
+    /// `static_fallthrough` the application gets the request, as without a mount).
     Escape,
     /// A dotfile or a path through a dot-directory (`.env`, `.git/config`): never served
     /// from the mount, though `static_fallthrough` passes it to the application.

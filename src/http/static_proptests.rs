@@ -4,7 +4,7 @@
 
 use proptest::prelude::*;
 
-use super::conditional::{self, accepted_codings, choose_coding, Coding, RangeAsk};
+use super::conditional::{self, accepted_codings, preference, Coding, RangeAsk};
 use super::date::{format_imf_fixdate, parse_http_date};
 use super::static_path::{resolve, Refusal};
 
@@ -59,7 +59,9 @@ proptest! {
         let _ = accepted_codings(&path);
         let _ = conditional::range(&path, 1000);
         let _ = conditional::none_match(&path, b"\"1-2-3\"");
-        let _ = conditional::if_range_holds(&path, b"\"1-2-3\"", 0);
+        let _ = conditional::if_range_holds(&path, b"\"1-2-3\"", 0, 0);
+        let _ = conditional::any_match(&path, b"\"1-2-3\"");
+        let _ = conditional::unmodified_since(&path, 0);
     }
 
     #[test]
@@ -86,20 +88,13 @@ proptest! {
     }
 
     #[test]
-    fn the_chosen_coding_is_acceptable_and_available(
-        value in "[a-z*, ;=.0-9]{0,40}",
-        mask in 0u8..8,
-    ) {
+    fn the_preference_is_every_acceptable_coding_heaviest_first(value in "[a-z*, ;=.0-9]{0,40}") {
         let weights = accepted_codings(value.as_bytes());
-        let available = |c: Coding| mask & (1 << Coding::ALL.iter().position(|x| *x == c).unwrap_or(0)) != 0;
-        if let Some(chosen) = choose_coding(weights, available) {
-            let i = Coding::ALL.iter().position(|c| *c == chosen).unwrap_or(0);
-            prop_assert!(weights[i] > 0 && available(chosen));
-            for (j, coding) in Coding::ALL.iter().enumerate() {
-                if available(*coding) {
-                    prop_assert!(weights[j] <= weights[i], "{value}: {coding:?} weighs more than {chosen:?}");
-                }
-            }
+        let order = preference(weights);
+        let weight = |c: Coding| weights[Coding::ALL.iter().position(|x| *x == c).unwrap_or(0)];
+        prop_assert_eq!(order.len(), weights.iter().filter(|&&w| w > 0).count());
+        for pair in order.windows(2) {
+            prop_assert!(weight(pair[0]) >= weight(pair[1]), "{value}: {order:?}");
         }
     }
 }

@@ -269,7 +269,12 @@ impl Session {
                     conn: self.info.clone(),
                     responder: responder.clone(),
                 }),
-                Route::Answer(answer) => static_files::send(&responder, answer),
+                Route::Answer(mut answer) => {
+                    if let Some(problem) = answer.problem.take() {
+                        self.shared.log.log(LogLevel::Error, problem);
+                    }
+                    static_files::send(&responder, answer);
+                }
             }
             // If this task is dropped mid-response (the runtime stopping at the end of
             // a shutdown), the response fails: a parked iterator is resumed only to be

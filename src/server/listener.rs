@@ -130,6 +130,9 @@ pub fn start(
     let limit = Arc::new(Semaphore::new(config.connection_limit));
     let statics = StaticFiles::open(&config.statics)
         .map_err(|err| io::Error::new(io::ErrorKind::InvalidInput, err))?;
+    if let Some(note) = statics.as_ref().and_then(StaticFiles::opener_note) {
+        log.log(LogLevel::Warning, note.to_owned());
+    }
     let shared = Arc::new(Shared {
         head_limits: config.head_limits(),
         output_limits: OutputLimits::of(&config),

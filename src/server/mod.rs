@@ -20,6 +20,7 @@ pub mod shutdown;
 pub mod socket;
 pub mod spool;
 pub mod static_files;
+pub mod static_open;
 pub mod stopfd;
 pub mod tracking;
 

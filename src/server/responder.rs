@@ -777,6 +777,19 @@ impl<S: Sink> Responder<S> {
         }
     }
 
+    /// Part of a batch, `n` bytes, is written: their memory is given back and a
+    /// producer waiting for room may go on (the rest is `batch_written`'s).
+    fn bytes_written(&self, n: usize) {
+        if n == 0 {
+            return;
+        }
+        let mut inner = self.lock();
+        self.release_memory(&mut inner, n);
+        if !self.must_pause(&inner, self.limits.high_watermark as u64) {
+            self.room.notify_all();
+        }
+    }
+
     /// The response cannot be delivered (write error, connection closing): drop queued
     /// output, release a waiting producer, and run pending callbacks.
     pub fn fail(&self) {
@@ -826,6 +839,9 @@ impl<S: Sink> Responder<S> {
                 }
                 Chunk::File(segment) => {
                     self.write_bytes(&mut bufs, stall, Next::File).await?;
+                    // The bytes before the file are out: their memory is free before
+                    // the file's transfer, however long it takes.
+                    self.bytes_written(std::mem::take(&mut bytes_total));
                     send_file_segment(&*self.conn, &segment, stall, &self.sent).await?;
                 }
                 Chunk::Spilled(_) | Chunk::Gathered(_) => {

@@ -330,7 +330,14 @@ impl ResponseState {
         len: u64,
     ) -> Result<(), SendError> {
         if !self.head_sent() {
-            self.send_as(py, &[], Delivery::Queued)?;
+            // Queued only when file bytes will follow it (not for HEAD or an empty
+            // file): otherwise a direct write costs the connection task no wake-up.
+            let delivery = if len > 0 && !self.facts.head_request {
+                Delivery::Queued
+            } else {
+                Delivery::Direct
+            };
+            self.send_as(py, &[], delivery)?;
         }
         // Capped at what the framing still allows; a file larger than the declared
         // Content-Length is normal (an application's smaller length is honoured).
