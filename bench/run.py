@@ -21,7 +21,17 @@ second worker counts: wrk needs little there, and the GIL-bound work can use bot
 cores only in two processes. Under each -w2 table, each worker's CPU seconds in the
 measured run show how the keep-alive connections were shared out among the workers.
 
-    make bench                                  # everything (about 22 minutes)
+The static-* scenarios fetch a 1 KiB and a 1 MiB file from one directory (STATIC, made
+by the harness) under /static/, each server with its own static files: Tapster's mount
+(--static /static=DIR, the app never called), nginx (sendfile on), Granian
+(--static-path-mount, WSGI) and tapster+whitenoise (Tapster running the hello app in
+WhiteNoise, whitenoise_app.py); the others sit them out. Their ratios are to nginx's, and
+a note under each table holds Tapster's mount against the issue's targets. The file
+scenarios (file-*, static-1m) also show the whole machine's CPU per GB: every CPU's busy
+time from /proc/stat over the measured run (server, wrk, kernel and any other load), with
+how much of it was neither the server's nor wrk's.
+
+    make bench                                  # everything (about 25 minutes)
     make bench BENCH_ARGS="--quick"             # 3 s runs
     make bench BENCH_ARGS="--servers tapster,granian --scenarios hello-c64"
     make bench BENCH_ARGS="--servers tapster --scenarios cpu-1ms-c16-w2 --tapster-args=--reuse-port"
@@ -38,6 +48,7 @@ import json
 import os
 import platform
 import re
+import resource
 import shutil
 import signal
 import socket
@@ -76,6 +87,12 @@ class Scenario:
     workers: int = 1  # above 1: only the servers with worker processes; no pinning
     observe: str = ""  # "access_log": each server's own access log to a file; "metrics": Tapster's, scraped every second
     baseline: str | None = None  # the scenario this one adds a feature to: its cost is reported against it
+    static: bool = False  # a file under STATIC served by each server's own static files (no WSGI app for Tapster)
+
+    @property
+    def ratio_base(self) -> str:
+        """The server every figure of this scenario is given as a ratio to."""
+        return "nginx" if self.static else "tapster"
 
     @property
     def server_cpus(self) -> str:
@@ -99,6 +116,12 @@ SCENARIOS = [
     Scenario("stream-100x1k", "stream", 16),
     Scenario("file-1m", "file_1m", 16, nginx_path="/files/1m.bin", is_file=True),
     Scenario("file-64m", "file_64m", 4, nginx_path="/files/64m.bin", is_file=True),
+    Scenario("file-64m-c64", "file_64m", 64, nginx_path="/files/64m.bin", is_file=True),
+    # Static files: each server's own static-file serving, on the same directory (see
+    # tapster_cmd, granian_cmd, NGINX_CONF and whitenoise_cmd); the app behind it is hello,
+    # never called by Tapster's mount or Granian's (WhiteNoise passes it only other paths).
+    Scenario("static-1k", "hello", 64, path="/static/1k.bin", nginx_path="/static/1k.bin", static=True),
+    Scenario("static-1m", "hello", 64, path="/static/1m.bin", nginx_path="/static/1m.bin", static=True, is_file=True),
     Scenario("sleep-50ms-t8", "sleep", 64, threads=8),
     Scenario("hello-200-slow-clients", "hello", 64, slow_clients=200, nginx_path="/"),
     Scenario("hello-c64-w2", "hello", 64, workers=2),
@@ -112,12 +135,20 @@ class Server:
     command: Callable[[Scenario, int], list[str]]
     distribution: str | None  # PyPI distribution, for its version
     supports: Callable[[Scenario], bool] = lambda s: True
+    label: str = ""  # its name in the tables, if not `name`
+
+    @property
+    def shown(self) -> str:
+        return self.label or self.name
 
 
 TAPSTER_ARGS: list[str] = []  # --tapster-args: extra options, e.g. --reuse-port
 #: Where the observability scenarios write their access logs (emptied per run).
 LOG_DIR = tempfile.mkdtemp(prefix="tapster-bench-logs-")
 METRICS_PORT = PORT + 1
+#: The directory every server of the static-* scenarios serves under /static (made by make_files).
+STATIC = os.path.join(FILES, "static")
+STATIC_FILES = (("1k.bin", 1 << 10), ("1m.bin", 1 << 20))
 
 
 def access_log_path(server: str) -> str:
@@ -134,7 +165,23 @@ def tapster_cmd(s: Scenario, port: int) -> list[str]:
         cmd.append(f"--access-log={access_log_path('tapster')}")
     elif s.observe == "metrics":
         cmd.append(f"--metrics-listen=127.0.0.1:{METRICS_PORT}")
+    if s.static:
+        cmd += ["--static", f"/static={STATIC}"]
     return cmd + TAPSTER_ARGS + [f"apps:{s.app}"]
+
+
+def whitenoise_cmd(s: Scenario, port: int) -> list[str]:
+    """Tapster with no static mount, running hello wrapped in WhiteNoise (whitenoise_app.py),
+    which serves STATIC under /static/ in Python through Tapster's wsgi.file_wrapper."""
+    return [PY, "-m", "tapster", f"--listen=127.0.0.1:{port}", *TAPSTER_ARGS, "whitenoise_app:application"]
+
+
+def gunicorn_whitenoise_cmd(s: Scenario, port: int) -> list[str]:
+    """WhiteNoise where it usually runs: Gunicorn (gthread, 1 worker, 4 threads)."""
+    return [
+        os.path.join(BIN, "gunicorn"), "-k", "gthread", "-w", "1", "--threads", "4",
+        "-b", f"127.0.0.1:{port}", "--log-level", "warning", "whitenoise_app:application",
+    ]
 
 
 def waitress_cmd(s: Scenario, port: int) -> list[str]:
@@ -163,6 +210,8 @@ def granian_cmd(s: Scenario, port: int) -> list[str]:
     ]
     if s.threads:
         cmd += ["--blocking-threads", str(s.threads)]
+    if s.static:
+        cmd += ["--static-path-mount", STATIC, "--static-path-route", "/static"]
     return cmd + [f"apps:{s.app}"]
 
 
@@ -196,6 +245,7 @@ http {{
         listen 127.0.0.1:{port};
         location = / {{ default_type text/plain; return 200 "Hello, world!"; }}
         location /files/ {{ alias {files}/; }}
+        location /static/ {{ alias {static}/; }}
     }}
 }}
 """
@@ -205,7 +255,7 @@ def nginx_cmd(s: Scenario, port: int) -> list[str]:
     tmp = tempfile.mkdtemp(prefix="tapster-bench-nginx-")
     conf = os.path.join(tmp, "nginx.conf")
     with open(conf, "w") as f:
-        f.write(NGINX_CONF.format(tmp=tmp, port=port, files=FILES))
+        f.write(NGINX_CONF.format(tmp=tmp, port=port, files=FILES, static=STATIC))
     return [shutil.which("nginx") or "/usr/sbin/nginx", "-c", conf, "-p", tmp]
 
 
@@ -223,14 +273,25 @@ def plain(s: Scenario) -> bool:
     return one_process(s) and not s.observe
 
 
+def app_only(s: Scenario) -> bool:
+    """Waitress, Gunicorn, bjoern and Pyruvate have no static files of their own: they sit
+    out the static-* scenarios."""
+    return plain(s) and not s.static
+
+
 SERVERS = [
     Server("tapster", tapster_cmd, "tapster"),
-    Server("waitress", waitress_cmd, "waitress", supports=plain),
-    Server("gunicorn", gunicorn_cmd, "gunicorn", supports=lambda s: s.workers > 1 or plain_or_logged(s)),
+    Server("waitress", waitress_cmd, "waitress", supports=app_only),
+    Server("gunicorn", gunicorn_cmd, "gunicorn", supports=lambda s: not s.static and (s.workers > 1 or plain_or_logged(s))),
     Server("granian", granian_cmd, "granian", supports=lambda s: s.workers > 1 or plain_or_logged(s)),
-    Server("bjoern", bjoern_cmd, "bjoern", supports=plain),
-    Server("pyruvate", pyruvate_cmd, "pyruvate", supports=plain),
+    Server("bjoern", bjoern_cmd, "bjoern", supports=app_only),
+    Server("pyruvate", pyruvate_cmd, "pyruvate", supports=app_only),
     Server("nginx", nginx_cmd, None, supports=lambda s: s.nginx_path is not None and plain(s)),
+    Server("whitenoise", whitenoise_cmd, "whitenoise", supports=lambda s: s.static and plain(s), label="tapster+whitenoise"),
+    Server(
+        "gunicorn-whitenoise", gunicorn_whitenoise_cmd, "whitenoise",
+        supports=lambda s: s.static and plain(s), label="gunicorn+whitenoise",
+    ),
 ]
 
 
@@ -244,7 +305,7 @@ def install_tools() -> dict[str, str]:
     result = subprocess.run([ensure, "wrk", "nginx-light", "libev-dev"], capture_output=True, text=True)
     if result.returncode != 0:
         problems["debian"] = result.stderr.strip() or result.stdout.strip()
-    for dist in ("waitress", "gunicorn", "granian", "bjoern", "pyruvate"):
+    for dist in ("waitress", "gunicorn", "granian", "bjoern", "pyruvate", "whitenoise"):
         try:
             metadata.version(dist)
             continue
@@ -260,12 +321,14 @@ def install_tools() -> dict[str, str]:
 
 
 def make_files() -> None:
-    os.makedirs(FILES, exist_ok=True)
-    for name, size in (("1m.bin", 1 << 20), ("64m.bin", 64 << 20)):
-        path = os.path.join(FILES, name)
-        if not os.path.exists(path) or os.path.getsize(path) != size:
-            with open(path, "wb") as f:
-                f.write(os.urandom(size))
+    """The files of the file-* scenarios in FILES, and of the static-* ones in STATIC."""
+    os.makedirs(STATIC, exist_ok=True)
+    for directory, files in ((FILES, (("1m.bin", 1 << 20), ("64m.bin", 64 << 20))), (STATIC, STATIC_FILES)):
+        for name, size in files:
+            path = os.path.join(directory, name)
+            if not os.path.exists(path) or os.path.getsize(path) != size:
+                with open(path, "wb") as f:
+                    f.write(os.urandom(size))
 
 
 def version_of(server: Server) -> str:
@@ -314,6 +377,22 @@ def cpu_seconds(pid: int) -> float:
         except OSError:
             continue
     return total / CLK_TCK
+
+
+def machine_busy_seconds() -> float:
+    """Busy time of all the machine's CPUs, from /proc/stat's first line: user, nice,
+    system, irq, softirq and steal (guest time is inside user already; idle and iowait are
+    not busy)."""
+    with open("/proc/stat") as f:
+        fields = f.readline().split()
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(x) for x in fields[1:9])
+    return (user + nice + system + irq + softirq + steal) / CLK_TCK
+
+
+def children_cpu_seconds() -> float:
+    """utime+stime of this process's reaped children: around one wrk run, wrk's."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def cpu_by_worker(pid: int) -> dict[int, float]:
@@ -371,7 +450,13 @@ def running(server: Server, scenario: Scenario, port: int, cpu_loops: int) -> It
     log = tempfile.TemporaryFile()
     proc = subprocess.Popen(cmd, cwd=HERE, env=env, stdout=log, stderr=log, start_new_session=True)
     try:
-        wait_ready(proc, port, scenario.path_for(server.name))
+        try:
+            wait_ready(proc, port, scenario.path_for(server.name))
+        except RuntimeError as exc:
+            # What the server said about it, e.g. an option it does not know yet.
+            log.seek(0)
+            said = [line.strip() for line in log.read().decode(errors="replace").splitlines() if line.strip()]
+            raise RuntimeError(f"{exc}: {' / '.join(said[-2:])}" if said else str(exc)) from None
         yield proc
     finally:
         with contextlib.suppress(ProcessLookupError):
@@ -485,11 +570,18 @@ def measure(server: Server, scenario: Scenario, seconds: float, warmup: float, c
             wrk(url, scenario.connections, warmup, scenario.lua, scenario.client_cpus)
             cpu_before = cpu_seconds(proc.pid)
             workers_before = cpu_by_worker(proc.pid)
+            machine_before, client_before = machine_busy_seconds(), children_cpu_seconds()
             result = wrk(url, scenario.connections, seconds, scenario.lua, scenario.client_cpus)
+            machine, client = machine_busy_seconds() - machine_before, children_cpu_seconds() - client_before
             cpu = cpu_seconds(proc.pid) - cpu_before
             workers_after = cpu_by_worker(proc.pid)
         peak = rss.stop()
     requests = result["requests"]
+    expected = served_file_size(scenario)
+    if requests and expected and result["bytes"] / requests < 0.99 * expected:
+        # Not the file (an error page, or the app's hello instead of a static mount); wrk
+        # gives the bytes read to 3 digits, hence the 1 % leeway.
+        raise RuntimeError(f"{result['bytes'] / requests:,.0f} bytes per response, less than the {expected:,}-byte file")
     record: dict[str, object] = {
         "server": server.name,
         "scenario": scenario.name,
@@ -500,6 +592,14 @@ def measure(server: Server, scenario: Scenario, seconds: float, warmup: float, c
         # No completed request: no per-request CPU and no latency to speak of.
         "cpu_us_per_req": cpu / requests * 1e6 if requests else None,
         "cpu_s_per_gb": cpu / (result["bytes"] / 1e9) if result["bytes"] else None,
+        # Every CPU's busy time over the measured run: the server, wrk, the kernel's work on
+        # both ends of the loopback (softirq included) and whatever else ran meanwhile.
+        "machine_cpu_s": machine,
+        "client_cpu_s": client,  # wrk's utime+stime
+        # The machine's busy time that was neither the server's nor wrk's: the kernel's
+        # interrupts, the harness and any other load (large: a run disturbed by it).
+        "other_cpu_s": machine - cpu - client,
+        "machine_cpu_s_per_gb": machine / (result["bytes"] / 1e9) if result["bytes"] else None,
         "peak_rss_mib": peak / (1 << 20),
     }
     if scenario.workers > 1:
@@ -516,6 +616,15 @@ def measure(server: Server, scenario: Scenario, seconds: float, warmup: float, c
         with open(log_file, "rb") as f:
             record["access_log_lines"] = sum(1 for _ in f)
     return record
+
+
+def served_file_size(scenario: Scenario) -> int:
+    """The size of the file a file-* or static-* scenario fetches (0 for the others)."""
+    if scenario.static:
+        return os.path.getsize(os.path.join(STATIC, scenario.path.rsplit("/", 1)[1]))
+    if scenario.is_file and scenario.nginx_path:
+        return os.path.getsize(os.path.join(FILES, scenario.nginx_path.rsplit("/", 1)[1]))
+    return 0
 
 
 def fmt(value: object, digits: int = 1) -> str:
@@ -536,9 +645,19 @@ def markdown(records: list[dict[str, object]], machine: str, versions: dict[str,
     lines = [
         f"Run {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC on {machine}.",
         f"Command: `{command}`. Versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()) + ".",
-        "Server pinned to CPU 0, wrk (1 thread) to CPU 1. Ratios in parentheses are to Tapster's figure in the same run.",
-        "CPU is the server's utime+stime (whole process tree) per request, or per GB for files.",
+        "Server pinned to CPU 0, wrk (1 thread) to CPU 1. Ratios in parentheses are to Tapster's figure in the same run "
+        "(static-* scenarios: to nginx's).",
+        "CPU is the server's utime+stime (whole process tree) per request, or per GB for files. Machine CPU is every "
+        "CPU's busy time (/proc/stat: user+nice+system+irq+softirq+steal) over the measured run, per GB read by wrk: "
+        "the server, wrk, the kernel on both ends of the loopback, and anything else the machine ran meanwhile.",
     ]
+    if any(s.static for s in SCENARIOS if any(r["scenario"] == s.name for r in records)):
+        lines.append(
+            f"static-* scenarios: files in {STATIC} under /static/, each server's own static files: Tapster "
+            "--static /static=DIR (the app is not called), nginx sendfile on, Granian --static-path-mount DIR "
+            "--static-path-route /static (WSGI, hello app), tapster+whitenoise: Tapster running "
+            "WhiteNoise(hello, root=DIR, prefix=\"static/\"). Targets compare requests/s unless CPU/req is named."
+        )
     if any(s.workers > 1 for s in SCENARIOS if any(r["scenario"] == s.name for r in records)):
         lines.append(
             "-w2 scenarios (instead of the pinning above): 2 worker processes (Tapster --workers 2, Gunicorn -w 2 -k gthread, "
@@ -552,45 +671,102 @@ def markdown(records: list[dict[str, object]], machine: str, versions: dict[str,
     scenarios = list(dict.fromkeys(str(r["scenario"]) for r in records))
     for name in scenarios:
         rows = [r for r in records if r["scenario"] == name]
-        base = next((r for r in rows if r["server"] == "tapster"), {})
-        is_file = any(s.is_file for s in SCENARIOS if s.name == name)
-        cpu_key = "cpu_s_per_gb" if is_file else "cpu_us_per_req"
-        cpu_label = "CPU s/GB" if is_file else "CPU µs/req"
-        lines.append(f"**{name}**")
+        scenario = next((s for s in SCENARIOS if s.name == name), None)
+        base_name = scenario.ratio_base if scenario else "tapster"
+        base = next((r for r in rows if r["server"] == base_name and "error" not in r), {})
+        columns = cpu_columns(scenario)
+        lines.append(f"**{name}**" + (f" (ratios to {shown(base_name)})" if base_name != "tapster" else ""))
         lines.append("")
-        lines.append(f"| server | req/s | p50 ms | p99 ms | MB/s | {cpu_label} | peak RSS MiB | errors |")
-        lines.append("|---|---|---|---|---|---|---|---|")
+        head = ["server", "req/s", "p50 ms", "p99 ms", "MB/s", *(label for _, label in columns), "peak RSS MiB", "errors"]
+        lines.append("| " + " | ".join(head) + " |")
+        lines.append("|" + "---|" * len(head))
         for r in rows:
             if "error" in r:
-                lines.append(f"| {r['server']} | failed: {r['error']} | | | | | | |")
+                lines.append(f"| {shown(str(r['server']))} | failed: {r['error']} |" + " |" * (len(head) - 2))
                 continue
             errors = int(float(r.get("socket_errors", 0.0)) + float(r.get("non_2xx", 0.0)))  # type: ignore[arg-type]
-            lines.append(
-                "| {server} | {rps}{rr} | {p50}{p50r} | {p99}{p99r} | {mbs}{mbr} | {cpu}{cpur} | {rss}{rssr} | {err} |".format(
-                    server=r["server"],
-                    rps=fmt(r["rps"], 0), rr=ratio(r["rps"], base.get("rps")),
-                    p50=fmt(r.get("p50_ms"), 2), p50r=ratio(r.get("p50_ms"), base.get("p50_ms")),
-                    p99=fmt(r.get("p99_ms"), 2), p99r=ratio(r.get("p99_ms"), base.get("p99_ms")),
-                    mbs=fmt(r["mb_per_s"], 1), mbr=ratio(r["mb_per_s"], base.get("mb_per_s")),
-                    cpu=fmt(r.get(cpu_key), 2), cpur=ratio(r.get(cpu_key), base.get(cpu_key)),
-                    rss=fmt(r["peak_rss_mib"], 1), rssr=ratio(r["peak_rss_mib"], base.get("peak_rss_mib")),
-                    err=errors,
-                )
-            )
+            cells = [shown(str(r["server"]))]
+            for key, digits in (("rps", 0), ("p50_ms", 2), ("p99_ms", 2), ("mb_per_s", 1), *((k, 2) for k, _ in columns), ("peak_rss_mib", 1)):
+                cells.append(fmt(r.get(key), digits) + ratio(r.get(key), base.get(key)))
+            cells.append(str(errors))
+            lines.append("| " + " | ".join(cells) + " |")
+        cpu_label = columns[0][1]
         splits = [f"{r['server']} {r['worker_cpu_s']}" for r in rows if "worker_cpu_s" in r]
         if splits:
             lines.append("")
             lines.append("Each worker's CPU seconds in the measured run: " + "; ".join(splits) + ".")
         spreads = [
-            f"{r['server']} {r['cpu_range'][0]}–{r['cpu_range'][1]} ({r['runs']} runs)"  # type: ignore[index]
+            f"{shown(str(r['server']))} {r['cpu_range'][0]}–{r['cpu_range'][1]} ({r['runs']} runs)"  # type: ignore[index]
             for r in rows
             if "cpu_range" in r
         ]
         if spreads:
             lines.append("")
             lines.append(f"Each row is the run with the median {cpu_label}; its range over the runs: " + "; ".join(spreads) + ".")
+        shares = [
+            f"{shown(str(r['server']))} {float(r['cpu_s']):.1f} + {float(r['client_cpu_s']):.1f} + {float(r['other_cpu_s']):.1f}"  # type: ignore[arg-type]
+            for r in rows
+            if "other_cpu_s" in r
+        ]
+        if scenario is not None and scenario.is_file and shares:
+            lines.append("")
+            lines.append("Machine CPU seconds of the measured run, server + wrk + the rest (interrupts, other load): " + "; ".join(shares) + ".")
+        if scenario is not None and scenario.static:
+            lines.append("")
+            lines.append(static_targets(rows))
         lines.append("")
     return "\n".join(lines)
+
+
+def shown(server: str) -> str:
+    """A server's name in the tables (the whitenoise row is Tapster running WhiteNoise)."""
+    return next((s.shown for s in SERVERS if s.name == server), server)
+
+
+def cpu_columns(scenario: Scenario | None) -> list[tuple[str, str]]:
+    """The CPU figures of a scenario's table: per request, or per GB for files, with the
+    whole machine's per GB beside the server's; static-1m has both, for its targets are
+    per request."""
+    per_gb = [("cpu_s_per_gb", "CPU s/GB"), ("machine_cpu_s_per_gb", "machine CPU s/GB")]
+    if scenario is None or not scenario.is_file:
+        return [("cpu_us_per_req", "CPU µs/req")]
+    if scenario.static:
+        return [("cpu_us_per_req", "CPU µs/req"), *per_gb]
+    return per_gb
+
+
+#: The issue's targets for Tapster's static mount: (peer, figure, at least or at most, ratio).
+STATIC_TARGETS = (
+    ("nginx", "rps", ">=", 0.9),
+    ("nginx", "cpu_us_per_req", "<=", 1.2),
+    ("whitenoise", "rps", ">=", 5.0),
+    ("gunicorn-whitenoise", "rps", ">=", 5.0),
+    ("granian", "rps", ">=", 1.5),
+)
+
+
+def static_targets(rows: list[dict[str, object]]) -> str:
+    """A static-* scenario's note: Tapster's mount against each target, as Tapster's figure
+    over the peer's."""
+    by_server = {str(r["server"]): r for r in rows}
+    tapster = by_server.get("tapster")
+    if tapster is None or "error" in tapster:
+        return "Targets for Tapster's static mount: not evaluated (" + ("Tapster failed" if tapster else "Tapster not run") + ")."
+    notes = []
+    for peer, key, sense, target in STATIC_TARGETS:
+        what = "req/s" if key == "rps" else "CPU/req"
+        bound = "≥" if sense == ">=" else "≤"
+        other = by_server.get(peer)
+        mine, theirs = tapster.get(key), (other or {}).get(key)
+        if other is None or "error" in other or not isinstance(mine, float) or not isinstance(theirs, float) or not theirs:
+            notes.append(f"{what} {bound} {target:g}× {shown(peer)}: not measured")
+            continue
+        value = mine / theirs
+        met = value >= target if sense == ">=" else value <= target
+        notes.append(f"{what} {bound} {target:g}× {shown(peer)}: {value:.2f}× ({'met' if met else 'not met'})")
+    errors = float(tapster.get("socket_errors", 0.0)) + float(tapster.get("non_2xx", 0.0))  # type: ignore[arg-type]
+    tail = f" (Tapster's run had {int(errors)} errors)" if errors else ""
+    return "Tapster's static mount vs the targets: " + "; ".join(notes) + tail + "."
 
 
 def run_scenario(
@@ -604,6 +780,7 @@ def run_scenario(
 ) -> None:
     """One run of `scenario` on every server that supports it, appended to `runs`."""
     print(f"== {scenario.name}", flush=True)
+    width = max([9, *(len(s.shown) for s in servers)])
     for server in servers:
         if server.name in unavailable or not server.supports(scenario):
             continue
@@ -615,12 +792,16 @@ def run_scenario(
         with open(jsonl, "a") as f:
             f.write(json.dumps(record) + "\n")
         if "error" in record:
-            print(f"   {server.name:9} FAILED: {record['error']}", flush=True)
+            print(f"   {server.shown:{width}} FAILED: {record['error']}", flush=True)
         else:
             print(
-                f"   {server.name:9} {record['rps']:>10,.0f} req/s  p99 {fmt(record.get('p99_ms'), 2):>7} ms  "
+                f"   {server.shown:{width}} {record['rps']:>10,.0f} req/s  p99 {fmt(record.get('p99_ms'), 2):>7} ms  "
                 f"{record['mb_per_s']:8.1f} MB/s  cpu {fmt(record.get('cpu_us_per_req'), 2):>8} us/req  "
-                f"rss {record['peak_rss_mib']:6.1f} MiB"
+                + (
+                    f"{fmt(record.get('cpu_s_per_gb'), 2)} s/GB (machine {fmt(record.get('machine_cpu_s_per_gb'), 2)})  "
+                    if scenario.is_file else ""
+                )
+                + f"rss {record['peak_rss_mib']:6.1f} MiB"
                 + (f"  workers cpu {record['worker_cpu_s']} s" if "worker_cpu_s" in record else ""),
                 flush=True,
             )
