@@ -1612,8 +1612,9 @@ def test_out_of_descriptors_is_a_503_and_logged(srv: ServerProcess, tree: Tree) 
     with srv.connect() as conn:
         conn.send(build("GET", "/static/app.css", close=False))
         assert conn.read_response().status == 200
-        # No descriptor left for the file: the limit at what is open now.
-        resource.prlimit(pid, resource.RLIMIT_NOFILE, (fd_count(pid), hard))
+        # No descriptor left for the file: a new descriptor takes the lowest free
+        # number, and every number from 3 up is then over the limit.
+        resource.prlimit(pid, resource.RLIMIT_NOFILE, (3, hard))
         try:
             conn.send(build("GET", "/static/app.css", close=False))
             resp = conn.read_response()
