@@ -13,12 +13,17 @@ thread_local! {
     static CACHE: Cell<(u64, [u8; DATE_LEN])> = const { Cell::new((u64::MAX, [0; DATE_LEN])) };
 }
 
-/// The current time as an IMF-fixdate.
-pub fn now() -> [u8; DATE_LEN] {
-    let secs = SystemTime::now()
+/// Seconds since the Unix epoch, now.
+pub fn now_secs() -> u64 {
+    SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
-        .unwrap_or(0);
+        .unwrap_or(0)
+}
+
+/// The current time as an IMF-fixdate.
+pub fn now() -> [u8; DATE_LEN] {
+    let secs = now_secs();
     CACHE.with(|cache| {
         let (cached_secs, text) = cache.get();
         if cached_secs == secs {

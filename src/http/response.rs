@@ -160,7 +160,8 @@ pub fn write_head(
     out.extend_from_slice(b"\r\n");
 }
 
-fn push_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+/// Appends the header line `name: value`.
+pub fn push_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(name);
     out.extend_from_slice(b": ");
     out.extend_from_slice(value);

@@ -19,7 +19,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use bytes::Bytes;
 
@@ -28,9 +28,9 @@ use super::responder::{Delivery, FileSegment, Part, Responder, SENDFILE_RESPONSE
 use super::static_open::{open_directory, Missing, Opener};
 use crate::config::StaticConfig;
 use crate::http::conditional::{self, Coding, RangeAsk};
-use crate::http::date::format_imf_fixdate;
+use crate::http::date::{format_imf_fixdate, now_secs};
 use crate::http::request::RequestHead;
-use crate::http::response::{write_head, Framing, FramingInput, ServerHeader};
+use crate::http::response::{push_field, write_head, Framing, FramingInput, ServerHeader};
 use crate::http::static_path::{self, StaticPath};
 use crate::http::target::split_target;
 
@@ -609,13 +609,6 @@ impl Exchange<'_> {
     }
 }
 
-fn push_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
-    out.extend_from_slice(name);
-    out.extend_from_slice(b": ");
-    out.extend_from_slice(value);
-    out.extend_from_slice(b"\r\n");
-}
-
 /// `static_max_age`: `public, max-age=N`, or `no-cache` for 0 (revalidate every time).
 fn cache_control(max_age: u64) -> Vec<u8> {
     match max_age {
@@ -656,13 +649,9 @@ fn opened(
     if !meta.is_file() {
         return Err(Missing::NotFound);
     }
-    let mtime = meta
-        .modified()
-        .ok()
-        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-        .map_or(0, |d| d.as_secs());
-    let nanos = u128::try_from(meta.mtime()).unwrap_or(0) * 1_000_000_000
-        + u128::try_from(meta.mtime_nsec()).unwrap_or(0);
+    // Before 1970 counts as 1970.
+    let mtime = u64::try_from(meta.mtime()).unwrap_or(0);
+    let nanos = u128::from(mtime) * 1_000_000_000 + u128::try_from(meta.mtime_nsec()).unwrap_or(0);
     Ok(Opened {
         size: meta.len(),
         modified_secs: mtime.min(now),
@@ -670,10 +659,4 @@ fn opened(
         name,
         file,
     })
-}
-
-fn now_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
