@@ -129,10 +129,16 @@ pub fn open_directory(path: &Path) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
+/// `openat` for reading, with `OPEN_FLAGS` and `flags`.
 fn openat(dir: RawFd, path: &std::ffi::CStr, flags: libc::c_int) -> io::Result<File> {
+    openat_with(dir, path, OPEN_FLAGS | flags)
+}
+
+/// `openat` with exactly `flags`.
+fn openat_with(dir: RawFd, path: &std::ffi::CStr, flags: libc::c_int) -> io::Result<File> {
     // SAFETY: `dir` is an open descriptor for the duration of the call, `path` a valid
     // NUL-terminated string; the result is checked.
-    let fd = unsafe { libc::openat(dir, path.as_ptr(), OPEN_FLAGS | flags) };
+    let fd = unsafe { libc::openat(dir, path.as_ptr(), flags) };
     if fd < 0 {
         return Err(io::Error::last_os_error());
     }
@@ -184,13 +190,7 @@ fn open_walking(dir: RawFd, relative: &[u8]) -> io::Result<File> {
 /// A directory on the way, as an `O_PATH` handle, never through a symlink.
 fn openat_path_dir(dir: RawFd, name: &std::ffi::CStr) -> io::Result<File> {
     let flags = libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC;
-    // SAFETY: as in `openat`.
-    let fd = unsafe { libc::openat(dir, name.as_ptr(), flags) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: `fd` was just opened and is owned by nobody else.
-    Ok(unsafe { File::from_raw_fd(fd) })
+    openat_with(dir, name, flags)
 }
 
 #[cfg(test)]
