@@ -432,6 +432,12 @@ impl<S: Sink> Responder<S> {
                     return Err(ClientGone);
                 }
             }
+            if inner.failed {
+                // It failed while this write was under way (the client reset): the
+                // record, left for this moment, ends with these bytes counted.
+                self.fail_locked(inner);
+                return Err(ClientGone);
+            }
         }
         for part in parts {
             let len = part.as_slice().len();
@@ -799,6 +805,14 @@ impl<S: Sink> Responder<S> {
 
     fn fail_locked(&self, mut inner: MutexGuard<'_, Inner>) {
         if inner.failed {
+            // A second call, from a producer whose write was under way at the first:
+            // the record waited for it.
+            let settled = match inner.writer {
+                Writer::Producer => None,
+                _ => self.settle(&mut inner, Outcome::Aborted),
+            };
+            drop(inner);
+            self.report(settled);
             return;
         }
         inner.failed = true;
@@ -809,7 +823,12 @@ impl<S: Sink> Responder<S> {
         let waker = inner.waker.take();
         let resume = inner.on_drain.take();
         let finished = inner.on_finished.take();
-        let settled = self.settle(&mut inner, Outcome::Aborted);
+        // A producer writing straight to the socket has bytes out that it has not
+        // counted yet: the record waits for it to come back (`send`).
+        let settled = match inner.writer {
+            Writer::Producer => None,
+            _ => self.settle(&mut inner, Outcome::Aborted),
+        };
         drop(inner);
         self.report(settled);
         self.room.notify_all();
@@ -971,6 +990,9 @@ mod tests {
         stalled: bool,
         /// Every write fails like this (a reset).
         fail: Option<io::ErrorKind>,
+        /// Runs inside `try_send`, after the bytes are taken (another thread failing
+        /// the response meanwhile, say).
+        during_direct: Option<Arc<dyn Fn() + Send + Sync>>,
     }
 
     struct FakeSink(Mutex<Script>);
@@ -1001,15 +1023,19 @@ mod tests {
 
     impl Sink for FakeSink {
         fn try_send(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
-            let (fail, direct) = {
+            let (fail, direct, during) = {
                 let script = self.0.lock().unwrap();
-                (script.fail, script.direct)
+                (script.fail, script.direct, script.during_direct.clone())
             };
-            match (fail, direct) {
+            let result = match (fail, direct) {
                 (Some(kind), _) => Err(kind.into()),
                 (None, 0) => Err(io::ErrorKind::WouldBlock.into()),
                 (None, limit) => Ok(self.take(bufs, limit)),
+            };
+            if let Some(during) = during {
+                during();
             }
+            result
         }
 
         fn send(
@@ -1133,6 +1159,37 @@ mod tests {
         assert!(!still_tracked(&r));
         r.fail(); // later failures change nothing
         assert_eq!(logged(&observer, &lines), "GET /t?q=1 HTTP/1.1 200 5 +\n");
+    }
+
+    #[test]
+    fn a_failure_during_a_direct_write_is_logged_with_that_writes_bytes() {
+        // The connection task fails the response (a reset) while the producer's
+        // `writev` is under way: the record must still count what that call sent (CI
+        // once logged 0 bytes for a download of which the client had read 100,000).
+        let sink = FakeSink::new(Script {
+            direct: 1 << 20,
+            ..Script::default()
+        });
+        let (r, observer, lines) = tracked_responder(&sink);
+        let r = Arc::new(r);
+        let failing = Arc::downgrade(&r);
+        sink.0.lock().unwrap().during_direct = Some(Arc::new(move || {
+            if let Some(r) = failing.upgrade() {
+                r.fail();
+            }
+        }));
+        let head = b"HTTP/1.1 200 OK\r\nContent-Length: 5000\r\n\r\n";
+        r.note_head(200, head.len());
+        let sent = r.send(
+            &[Part::Borrowed(head), Part::Borrowed(&[b'x'; 3000])],
+            Delivery::Direct,
+        );
+        assert_eq!(sent, Err(ClientGone));
+        assert!(!still_tracked(&r));
+        assert_eq!(
+            logged(&observer, &lines),
+            "GET /t?q=1 HTTP/1.1 200 3000 X\n"
+        );
     }
 
     #[test]
