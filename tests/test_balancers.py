@@ -56,6 +56,8 @@ GET_SIZES = (2_048, 24_000, 100_000, 300_000)
 POST_SIZES = (1_024, 20_000, 64_000, 200_000)
 THINK = (0.0, 0.008)  # seconds between a client's requests: a bounded load, not a flood
 SLOW_SIZE, SLOW_PACE_MS = 160_000, 100  # a streamed response that takes about a second
+#: How many slow streams `stream_on` starts, at most, to get one into a given instance.
+STREAM_ATTEMPTS = 12
 
 
 def wait_until(check: Callable[[], bool], timeout: float, what: str | Callable[[], str], interval: float = 0.05) -> None:
@@ -356,7 +358,11 @@ class InFlight:
 def stream_on(lb: Balancer, instances: list[Instance], name: str, ops: "Operations") -> None:
     """Starts slow streamed GETs through the balancer until one is under way in
     instance `name` (each is checked at the end, wherever it went)."""
-    for _ in range(8):
+    for attempt in range(STREAM_ATTEMPTS):
+        if attempt:
+            # Round robin under a steady load can fall into step with the probes:
+            # a random pause breaks it, so each try is a fresh coin toss.
+            time.sleep(random.uniform(0.0, 0.05))
         seed = random.randrange(1 << 30)
         target = f"/blob?size={SLOW_SIZE}&seed={seed}&stream=1&pace_ms={SLOW_PACE_MS}"
         ops.in_flight.append(InFlight(lb.address, target, blob(SLOW_SIZE, seed), f"slow stream {seed}"))
@@ -371,7 +377,7 @@ def stream_on(lb: Balancer, instances: list[Instance], name: str, ops: "Operatio
         if where[0] == name:
             ops.note(f"a slow streamed GET is under way in {name}")
             return
-    raise AssertionError(f"the balancer sent none of 8 slow streams to instance {name}")
+    raise AssertionError(f"the balancer sent none of {STREAM_ATTEMPTS} slow streams to instance {name}")
 
 
 def holding_pid(instances: list[Instance], seen: int) -> tuple[Instance, int] | None:
