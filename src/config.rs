@@ -65,6 +65,112 @@ pub struct Config {
     pub request_timeout: Option<Duration>,
     /// Static file mounts and how they answer (`static`, `static_*`).
     pub statics: StaticConfig,
+    /// The certificate and TLS settings of the listeners that speak TLS (`certfile`,
+    /// `keyfile`, `ca_certs`, `cert_reqs`, `tls_min_version`); `None` without `certfile`.
+    pub tls: Option<TlsConfig>,
+}
+
+/// `certfile` and the TLS options around it (plain data; `server/tls.rs` reads the
+/// files, at start-up and again on a reload).
+#[derive(Clone, Debug)]
+pub struct TlsConfig {
+    /// PEM: the server's certificate, then its chain.
+    pub certfile: PathBuf,
+    /// PEM: the private key (`None`: it is in `certfile`).
+    pub keyfile: Option<PathBuf>,
+    pub clients: ClientCertificates,
+    pub min_version: TlsVersion,
+}
+
+/// `cert_reqs` with `ca_certs`: whether clients are asked for a certificate.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ClientCertificates {
+    /// `none`: no certificate is asked for.
+    NotAsked,
+    /// `optional`: asked for; a client without one is served, one with a certificate
+    /// the CAs did not sign is refused.
+    Optional { ca_certs: PathBuf },
+    /// `required`: a client without a certificate signed by the CAs is refused.
+    Required { ca_certs: PathBuf },
+}
+
+/// `tls_min_version`: the oldest protocol version a client may use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TlsVersion {
+    Tls12,
+    Tls13,
+}
+
+impl TlsConfig {
+    /// Builds it from the options as given: `certfile` (empty: no TLS), `keyfile`,
+    /// `ca_certs`, `cert_reqs` (`none`, `optional`, `required`, or Gunicorn's 0, 1, 2)
+    /// and `tls_min_version` (`1.2` or `1.3`). Errors name the option.
+    pub fn from_options(
+        certfile: Option<&str>,
+        keyfile: Option<&str>,
+        ca_certs: Option<&str>,
+        cert_reqs: &str,
+        min_version: &str,
+    ) -> Result<Option<TlsConfig>, String> {
+        let min_version = match min_version.trim() {
+            "1.2" | "TLSv1.2" => TlsVersion::Tls12,
+            "1.3" | "TLSv1.3" => TlsVersion::Tls13,
+            other => return Err(format!("tls_min_version must be 1.2 or 1.3, not {other:?}")),
+        };
+        let wanted = match cert_reqs.trim().to_ascii_lowercase().as_str() {
+            "none" | "0" => None,
+            "optional" | "1" => Some(false),
+            "required" | "2" => Some(true),
+            other => {
+                return Err(format!(
+                    "cert_reqs must be none, optional or required (or 0, 1, 2), not {other:?}"
+                ))
+            }
+        };
+        let Some(certfile) = certfile else {
+            for (name, given) in [
+                ("keyfile", keyfile.is_some()),
+                ("ca_certs", ca_certs.is_some()),
+                ("cert_reqs", wanted.is_some()),
+            ] {
+                if given {
+                    return Err(format!(
+                        "{name} is set but certfile is not: TLS needs certfile"
+                    ));
+                }
+            }
+            return Ok(None);
+        };
+        let clients = match (wanted, ca_certs) {
+            (None, None) => ClientCertificates::NotAsked,
+            (None, Some(_)) => {
+                return Err(
+                    "ca_certs is set but cert_reqs is none: say cert_reqs=optional \
+                     or cert_reqs=required for client certificates"
+                        .into(),
+                )
+            }
+            (Some(_), None) => {
+                return Err(
+                    "cert_reqs asks for client certificates: ca_certs must name \
+                     the CA certificates (PEM) that sign them"
+                        .into(),
+                )
+            }
+            (Some(false), Some(ca)) => ClientCertificates::Optional {
+                ca_certs: ca.into(),
+            },
+            (Some(true), Some(ca)) => ClientCertificates::Required {
+                ca_certs: ca.into(),
+            },
+        };
+        Ok(Some(TlsConfig {
+            certfile: certfile.into(),
+            keyfile: keyfile.map(PathBuf::from),
+            clients,
+            min_version,
+        }))
+    }
 }
 
 /// `static` and the `static_*` options.
@@ -228,6 +334,7 @@ impl Config {
             dump_slow_requests_after: None,
             request_timeout: None,
             statics: StaticConfig::default(),
+            tls: None,
         }
     }
 }

@@ -23,6 +23,7 @@ pub fn head(raw: &[u8]) -> RequestHead {
 pub fn unix_conn_info(shutdown: Arc<ShutdownSignal>) -> ConnInfo {
     let listener = Arc::new(ListenerInfo {
         kind: ListenerKind::Unix,
+        security: crate::server::conn_info::Security::Cleartext,
         server_port: "test".into(),
         app_data: Default::default(),
     });

@@ -26,7 +26,7 @@ class Server:
         self,
         app: Callable[..., Any],
         options: EngineConfig,
-        listeners: Sequence[tuple[int, str, str, str]],
+        listeners: Sequence[tuple[int, str, str, str, str]],
         metrics: int | None = None,
     ) -> None: ...
     def run(
@@ -45,6 +45,9 @@ class Server:
         """Asks `run()` to stop; safe from any thread, and before `run()`."""
     def reopen_logs(self) -> None:
         """Reopens the access log file at its path (SIGUSR1)."""
+    def reload_certificates(self) -> bool:
+        """Reads the TLS files again (SIGHUP); False without TLS. ValueError (naming
+        the file) when one does not read: the previous ones stay in use."""
 
 class FileWrapper:
     """`wsgi.file_wrapper`: `(filelike, block_size=32768)`, positional only."""

@@ -85,6 +85,8 @@ class Adjustments:
     #: Whether the options say where to listen (else systemd's sockets replace the
     #: default address).
     listen_given: bool
+    #: What each address of `listen` speaks, "cleartext" or "tls" (same order).
+    listen_security: list[str]
 
     if TYPE_CHECKING:
         # The options' attributes are set from OPTIONS.
@@ -190,8 +192,10 @@ class Adjustments:
             family = socket.AF_INET6
 
         wanted: list[tuple[int, int, int, Any]] = []
+        self.listen_security = []
         seen: set[tuple[str, int]] = set()
-        for entry in self.listen:
+        for given in self.listen:
+            entry, security = self._listen_security(given)
             host, port = split_host_port(entry, self.port)
             if port.strip().isdigit() and int(port) > MAX_PORT:
                 raise ValueError(f"listen entry {entry!r}: port must be 0 to {MAX_PORT}, not {port}")
@@ -207,8 +211,28 @@ class Adjustments:
                 key = (str(sockaddr[0]).split("%", 1)[0], int(sockaddr[1]))
                 if sockaddr[1] == 0 or key not in seen:
                     wanted.append((fam, socktype, proto, sockaddr))
+                    self.listen_security.append(security)
                     seen.add(key)
         return wanted
+
+    def _listen_security(self, entry: str) -> tuple[str, str]:
+        """A `listen` entry without its scheme, and what it speaks: `https://` TLS,
+        `http://` cleartext, no scheme TLS when `certfile` is set (as in Gunicorn)."""
+        scheme, sep, rest = entry.partition("://")
+        if not sep:
+            return entry, self.default_security
+        if scheme.lower() == "http":
+            return rest, "cleartext"
+        if scheme.lower() == "https":
+            if not self.certfile:
+                raise ValueError(f"listen entry {entry!r}: https needs certfile (and keyfile)")
+            return rest, "tls"
+        raise ValueError(f"listen entry {entry!r}: the scheme may be http:// or https://")
+
+    @property
+    def default_security(self) -> str:
+        """What a TCP listener without a scheme speaks (Unix sockets: cleartext)."""
+        return "tls" if self.certfile else "cleartext"
 
     @classmethod
     def parse_args(cls, argv: list[str]) -> tuple[dict[str, Any], list[str]]:

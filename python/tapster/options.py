@@ -136,6 +136,7 @@ SECTIONS = (
     ("logging", "Logging"),
     ("observability", "Access log, metrics and stuck requests"),
     ("static", "Static files"),
+    ("tls", "TLS"),
     ("process", "Process (command line only)"),
     ("compat", "Compatibility options with no effect (accepted as Waitress does)"),
 )
@@ -563,6 +564,39 @@ OPTIONS: tuple[Option, ...] = (
         "sent with `Cache-Control: public, max-age=31536000, immutable`: for names with a "
         "content hash, e.g. `\\.[0-9a-f]{8,}\\.`.",
         section="static",
+    ),
+    Option(
+        "certfile", str_iftruthy, None, "server",
+        "Tapster: serve TLS with this certificate (PEM: the certificate, then its chain), "
+        "through rustls on the I/O threads. Every TCP listener then speaks TLS unless its "
+        "`listen` entry starts with `http://` (`https://HOST:PORT` marks a TLS one); Unix "
+        "sockets stay cleartext. Read at start-up and again on SIGHUP.",
+        section="tls",
+    ),
+    Option(
+        "keyfile", str_iftruthy, None, "server",
+        "Tapster: the private key of `certfile` (PEM: PKCS#8, PKCS#1 or SEC1); without it "
+        "the key is read from `certfile`.",
+        section="tls",
+    ),
+    Option(
+        "ca_certs", str_iftruthy, None, "server",
+        "Tapster: the CA certificates (PEM) that sign the client certificates `cert_reqs` "
+        "asks for.",
+        section="tls",
+    ),
+    Option(
+        "cert_reqs", str, "none", "server",
+        "Tapster: client certificates: `none` (not asked for), `optional` (asked for; a "
+        "client without one is served, one whose certificate `ca_certs` did not sign is "
+        "refused) or `required`; Gunicorn's 0, 1 and 2 too. The verified subject is "
+        "`SSL_CLIENT_S_DN` in the environ.",
+        section="tls",
+    ),
+    Option(
+        "tls_min_version", str, "1.2", "server",
+        "Tapster: the oldest TLS version a client may use, `1.2` or `1.3`.",
+        section="tls",
     ),
     # The `tapster` command's own (layer "cli": not serve() keyword arguments).
     Option(

@@ -51,10 +51,14 @@ class _Listener:
     listening for its owner: systemd, `fd://`) or `workers` (shared by worker
     processes, each woken in turn)."""
 
-    def __init__(self, sock: socket.socket, kind: str, sharing: str = "owned") -> None:
+    def __init__(
+        self, sock: socket.socket, kind: str, sharing: str = "owned", security: str = "cleartext"
+    ) -> None:
         self.socket = sock
         self.kind = kind
         self.sharing = sharing
+        #: "cleartext" or "tls" (`certfile`).
+        self.security = security
         if kind == "unix":
             self.effective_host: str = "unix"
             self.effective_port: Any = sock.getsockname()
@@ -69,8 +73,12 @@ class _Listener:
     def server_port(self) -> str:
         return str(self.effective_port)
 
-    def engine_spec(self) -> tuple[int, str, str, str]:
-        return (self.socket.fileno(), self.kind, self.server_port, self.sharing)
+    def scheme_of(self, text: str) -> str:
+        """`text` with `http://` made `https://` on a TLS listener."""
+        return text.replace("http://", "https://") if self.security == "tls" else text
+
+    def engine_spec(self) -> tuple[int, str, str, str, str]:
+        return (self.socket.fileno(), self.kind, self.server_port, self.sharing, self.security)
 
 
 def _bind_tcp(adj: Adjustments, family: int, socktype: int, proto: int, sockaddr: Any) -> socket.socket:
@@ -120,7 +128,7 @@ def _adopt(adj: Adjustments, sock: socket.socket, sharing: str = "owned") -> _Li
         except OSError as exc:
             raise ValueError(f"it cannot listen ({exc.strerror or exc}; a connected socket?)") from None
     kind = "unix" if sock.family == getattr(socket, "AF_UNIX", None) else "tcp"
-    return _Listener(sock, kind, sharing)
+    return _Listener(sock, kind, sharing, adj.default_security if kind == "tcp" else "cleartext")
 
 
 def _inherit(adj: Adjustments, fd: int, where: str) -> _Listener:
@@ -186,8 +194,9 @@ def bind_listeners(adj: Adjustments, sock: socket.socket | None = None) -> list[
                 raise ValueError("Inet and unix sockets may not be mixed")
             listeners.extend(_adopt(adj, s) for s in adj.sockets)
         elif adj.listen_given or not (activated or adj.listen_fds):
-            for family, socktype, proto, sockaddr in adj.listen:
-                listeners.append(_Listener(_bind_tcp(adj, family, socktype, proto, sockaddr), "tcp"))
+            for (family, socktype, proto, sockaddr), security in zip(adj.listen, adj.listen_security):
+                bound = _bind_tcp(adj, family, socktype, proto, sockaddr)
+                listeners.append(_Listener(bound, "tcp", security=security))
         if not listeners:
             raise ValueError("No listening sockets: check the listen option")
         return listeners
@@ -276,6 +285,7 @@ class BaseWSGIServer:
         `request_timeout` is then answered 504 and the worker replaced)."""
         previous = _install_sigterm(lambda: self.notifier.send("STOPPING=1", "STATUS=Stopping"))
         reopen = _install_sigusr1(self._engine.reopen_logs)
+        reload = _install_sighup(self.reload_certificates) if self.adj.certfile else None
         try:
             with _signal_wakeup() as wakeup_fd:
                 self._engine.run(tick or ReadyOnce(self.notifier), max_requests, wakeup_fd, report_fd)
@@ -286,7 +296,20 @@ class BaseWSGIServer:
                 signal.signal(signal.SIGTERM, previous)
             if reopen is not None:
                 signal.signal(signal.SIGUSR1, reopen)
+            if reload is not None:
+                signal.signal(signal.SIGHUP, reload)
             self.close()
+
+    def reload_certificates(self) -> None:
+        """Reads certfile, keyfile and ca_certs again (SIGHUP with TLS): connections
+        accepted from now on use them, open ones keep their session. A file that does
+        not read is logged and the previous ones stay in use."""
+        try:
+            self._engine.reload_certificates()
+        except ValueError as exc:
+            logger.error("TLS certificates not reloaded, the previous ones stay in use: %s", exc)
+        else:
+            logger.info("TLS certificates reloaded from %s", self.adj.certfile)
 
     def request_stop(self) -> None:
         """Asks `run()` to shut down gracefully; safe from any thread and from a signal
@@ -309,10 +332,11 @@ class BaseWSGIServer:
             self.metrics_socket.close()
 
     def print_listen(self, format_str: str) -> None:
-        for host, port in self.effective_listen:
-            if ":" in host:
-                host = f"[{host}]"
-            logger.info(format_str.format(host, port))
+        """Logs each listener's address through `format_str` (Waitress's call); a TLS
+        listener's `http://` says `https://`."""
+        for lst in self.listeners:
+            host = f"[{lst.effective_host}]" if ":" in lst.effective_host else lst.effective_host
+            logger.info(lst.scheme_of(format_str).format(host, lst.effective_port))
 
 
 class TcpWSGIServer(BaseWSGIServer):
@@ -332,6 +356,7 @@ class TcpWSGIServer(BaseWSGIServer):
 
     def print_listen(self, format_str: str) -> None:
         # Like Waitress, a single server does not bracket IPv6 hosts.
+        format_str = self.listeners[0].scheme_of(format_str)
         logger.info(format_str.format(self.effective_host, self.effective_port))
 
 
@@ -485,6 +510,18 @@ def _install_sigusr1(reopen: Callable[[], None]) -> Any:
         reopen()
 
     return signal.signal(signal.SIGUSR1, handler)
+
+
+def _install_sighup(reload: Callable[[], None]) -> Any:
+    """On the main thread, makes SIGHUP reload the TLS certificates. Returns the
+    handler to restore, or None."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        reload()
+
+    return signal.signal(signal.SIGHUP, handler)
 
 
 def _install_sigterm(on_stop: Callable[[], None]) -> Any:

@@ -136,9 +136,9 @@ class SlotSockets:
         for lst in self.first:
             if self._spread(lst):
                 chosen = lst if slot == 0 else next(own)
-                result.append(_Listener(chosen.socket, "tcp", "inherited"))
+                result.append(_Listener(chosen.socket, "tcp", "inherited", lst.security))
             else:
-                result.append(_Listener(lst.socket, lst.kind, "workers"))
+                result.append(_Listener(lst.socket, lst.kind, "workers", lst.security))
         return result
 
     def close_others(self, kept: list[_Listener]) -> None:
@@ -180,7 +180,7 @@ def _reuse_port_twin(lst: _Listener, backlog: int) -> _Listener:
     except BaseException:
         sock.close()
         raise
-    return _Listener(sock, "tcp")
+    return _Listener(sock, "tcp", security=lst.security)
 
 
 class Supervisor:
@@ -872,7 +872,7 @@ def serve_workers(
             after_bind(adj)
         for lst in listeners:
             host = f"[{lst.effective_host}]" if ":" in lst.effective_host else lst.effective_host
-            logger.info("Serving on http://%s:%s", host, lst.effective_port)
+            logger.info(lst.scheme_of("Serving on http://%s:%s"), host, lst.effective_port)
         return supervisor.run()
     finally:
         supervisor_sockets_close(listeners, adj)

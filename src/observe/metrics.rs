@@ -27,6 +27,7 @@ pub const MAX_SLOTS: usize = 128;
 pub enum Counter {
     Accepted,
     RefusedProxyProtocol,
+    RefusedTlsHandshake,
     BytesReceived,
     BytesSent,
     SendfileBytes,
@@ -35,7 +36,7 @@ pub enum Counter {
     AccessLogDropped,
 }
 
-const COUNTERS: usize = 8;
+const COUNTERS: usize = 9;
 
 /// Per-worker gauges (zeroed by the supervisor when the worker is gone).
 #[derive(Clone, Copy, Debug)]
@@ -505,6 +506,11 @@ fn render_counters(r: &Region, out: &mut String) {
         out,
         "{name}{{reason=\"proxy_protocol\"}} {}",
         sum_counter(r, Counter::RefusedProxyProtocol)
+    );
+    let _ = writeln!(
+        out,
+        "{name}{{reason=\"tls_handshake\"}} {}",
+        sum_counter(r, Counter::RefusedTlsHandshake)
     );
 }
 

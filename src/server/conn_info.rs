@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use super::shutdown::ShutdownSignal;
+use super::tls::TlsInfo;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ListenerKind {
@@ -16,9 +17,19 @@ pub enum ListenerKind {
     Unix,
 }
 
+/// What a listener's connections speak.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Security {
+    /// HTTP as it is.
+    Cleartext,
+    /// TLS first (`certfile`), HTTP inside it.
+    Tls,
+}
+
 /// What a request learns about the listener it arrived on.
 pub struct ListenerInfo {
     pub kind: ListenerKind,
+    pub security: Security,
     /// SERVER_PORT: the bound port, or the socket path for a Unix socket.
     pub server_port: String,
     /// Per-listener data of the application side.
@@ -65,8 +76,9 @@ pub enum ClientTransport {
     /// Nothing known: `wsgi.url_scheme` is the `url_scheme` option.
     #[default]
     AsConfigured,
-    /// Over TLS to a load balancer (its PROXY header's SSL TLV says so):
-    /// `wsgi.url_scheme` is `https` unless trusted forwarding headers say otherwise.
+    /// Over TLS, terminated here or by a load balancer (its PROXY header's SSL TLV
+    /// says so): `wsgi.url_scheme` is `https` unless trusted forwarding headers say
+    /// otherwise.
     Tls,
 }
 
@@ -99,6 +111,8 @@ pub struct ConnInfo {
     /// The client: the socket's peer, or the source a PROXY header named.
     pub peer: Peer,
     pub transport: ClientTransport,
+    /// The TLS session's facts, when this server terminated TLS for the connection.
+    pub tls: Option<TlsInfo>,
     pub listener: Arc<ListenerInfo>,
     /// Per-connection data of the application side.
     pub app_data: AppSlot,
@@ -111,6 +125,7 @@ impl ConnInfo {
         ConnInfo {
             peer,
             transport: ClientTransport::AsConfigured,
+            tls: None,
             listener,
             app_data: AppSlot::default(),
             disconnected: AtomicBool::new(false),
@@ -125,6 +140,19 @@ impl ConnInfo {
         ConnInfo {
             transport,
             ..ConnInfo::new(peer, self.listener.clone(), self.shutdown.clone())
+        }
+    }
+
+    /// The same connection once its TLS handshake finished (before the first request).
+    pub fn secured(&self, tls: TlsInfo) -> ConnInfo {
+        ConnInfo {
+            transport: ClientTransport::Tls,
+            tls: Some(tls),
+            ..ConnInfo::new(
+                self.peer.clone(),
+                self.listener.clone(),
+                self.shutdown.clone(),
+            )
         }
     }
 

@@ -21,6 +21,7 @@ use super::shutdown::{first_request_deadline, Shutdown, ShutdownSignal};
 use super::socket::{Conn, ReadBuf};
 use super::spool::{Body, BodySpool};
 use super::static_files::{self, Route, StaticFiles};
+use super::tls::Acceptor;
 use super::tracking::{Observer, PageFacts};
 use crate::config::Config;
 use crate::http::request::{HeadLimits, HeadParser, RequestHead, Version};
@@ -47,6 +48,8 @@ pub struct Shared {
     pub observer: Arc<Observer>,
     /// The `static` mounts, if any.
     pub statics: Option<StaticFiles>,
+    /// The TLS sessions' maker, when some listener speaks TLS.
+    pub tls: Option<Arc<Acceptor>>,
 }
 
 /// A connection's read buffer starts this small (most request heads fit) and grows to
@@ -107,6 +110,10 @@ pub async fn serve(conn: Arc<Conn>, info: Arc<ConnInfo>, shared: Arc<Shared>) {
         conn.shutdown_both();
         return;
     };
+    let Some(info) = secure(&conn, info, &mut rbuf, &shared, &mut shutdown, accepted).await else {
+        conn.shutdown_both();
+        return;
+    };
     let state = StateGauge::new();
     let mut session = Session {
         conn,
@@ -133,6 +140,52 @@ pub async fn serve(conn: Arc<Conn>, info: Arc<ConnInfo>, shared: Arc<Shared>) {
             let _ = timeout_at(deadline, session.conn.discard_input(LINGER_BYTES)).await;
         }
         End::Quiet => session.conn.shutdown_both(),
+    }
+}
+
+/// On a TLS listener, the handshake: within `header_timeout` of the accept (once the
+/// server is closing, within the grace a first request gets). `None`: it failed or
+/// took too long (logged at DEBUG: scanners and health checks do that all day); close.
+async fn secure(
+    conn: &Conn,
+    info: Arc<ConnInfo>,
+    rbuf: &mut BytesMut,
+    shared: &Shared,
+    shutdown: &mut Shutdown,
+    accepted: Instant,
+) -> Option<Arc<ConnInfo>> {
+    if !conn.is_tls() {
+        return Some(info);
+    }
+    let deadline = accepted + shared.config.header_timeout;
+    let handshake = conn.handshake(rbuf);
+    tokio::pin!(handshake);
+    let outcome = loop {
+        let until = if shutdown.is_closing() {
+            deadline.min(first_request_deadline(accepted))
+        } else {
+            deadline
+        };
+        tokio::select! {
+            biased;
+            r = &mut handshake => break r,
+            _ = sleep_until(until.into()) => {
+                break Err(io::Error::new(io::ErrorKind::TimedOut, "not finished in time"));
+            }
+            _ = shutdown.recv(), if !shutdown.seen() => continue,
+        }
+    };
+    match outcome {
+        Ok(Some(tls)) => Some(Arc::new(info.secured(tls))),
+        Ok(None) => Some(info),
+        Err(err) => {
+            metrics::count(metrics::Counter::RefusedTlsHandshake, 1);
+            shared.log.log(
+                LogLevel::Debug,
+                format!("TLS handshake with {} failed: {err}", info.peer),
+            );
+            None
+        }
     }
 }
 
@@ -801,6 +854,7 @@ mod tests {
             budgets: Budgets::unlimited(),
             observer: Arc::new(Observer::new(None)),
             statics: None,
+            tls: None,
         });
         let info = Arc::new(crate::test_support::unix_conn_info(shutdown.clone()));
         let task = tokio::spawn(serve(conn, info, shared));

@@ -13,7 +13,7 @@ use tokio::runtime::Runtime;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::budget::Budgets;
-use super::conn_info::{ConnInfo, ListenerInfo, ListenerKind, Peer};
+use super::conn_info::{ConnInfo, ListenerInfo, ListenerKind, Peer, Security};
 use super::connection::{self, Shared};
 use super::dispatch::{Dispatcher, EventLog, LogLevel};
 use super::exclusive::ExclusiveGate;
@@ -23,6 +23,7 @@ use super::responder::OutputLimits;
 use super::shutdown::{Shutdown, ShutdownSignal};
 use super::socket::{register, Conn};
 use super::static_files::StaticFiles;
+use super::tls::Acceptor;
 use super::tracking::Observer;
 use crate::config::Config;
 use crate::observe::metrics::{self, Counter};
@@ -99,6 +100,8 @@ pub struct Services {
     pub observer: Arc<Observer>,
     /// The metrics listener's socket (`metrics_listen`), bound and listening.
     pub metrics: Option<Socket>,
+    /// The TLS sessions' maker (`certfile`), which the TLS listeners need.
+    pub tls: Option<Arc<Acceptor>>,
 }
 
 /// Starts the I/O runtime and accepts on every listener.
@@ -112,7 +115,14 @@ pub fn start(
         log,
         observer,
         metrics: metrics_socket,
+        tls,
     } = services;
+    if tls.is_none() && listeners.iter().any(|l| l.info.security == Security::Tls) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "a listener speaks TLS but no certfile is set",
+        ));
+    }
     let flusher = dispatcher.clone();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(config.io_threads)
@@ -148,6 +158,7 @@ pub fn start(
         shutdown: shutdown.clone(),
         observer,
         statics,
+        tls,
     });
     let mut listening = Vec::with_capacity(listeners.len());
     {
@@ -393,7 +404,15 @@ fn start_connection(
         let _ = socket.set_tcp_nodelay(true);
         let _ = socket.set_tcp_notsent_lowat(NOTSENT_LOWAT);
     }
-    let conn = match Conn::new(socket) {
+    let conn = match info.security {
+        Security::Cleartext => Conn::new(socket),
+        Security::Tls => match shared.tls.as_ref().map(|tls| tls.session()) {
+            Some(Ok(session)) => Conn::tls(socket, session),
+            Some(Err(err)) => Err(io::Error::other(err)),
+            None => Err(io::Error::other("no TLS configuration")),
+        },
+    };
+    let conn = match conn {
         Ok(c) => Arc::new(c),
         Err(err) => {
             shared.log.log(

@@ -7,6 +7,7 @@
 //! through the `EventLog` trait.
 
 pub mod budget;
+pub mod cert_subject;
 pub mod conn_info;
 pub mod connection;
 pub mod dispatch;
@@ -22,9 +23,12 @@ pub mod spool;
 pub mod static_files;
 pub mod static_open;
 pub mod stopfd;
+pub mod tls;
 pub mod tracking;
 
-pub use conn_info::{AppSlot, ClientTransport, ConnInfo, ListenerInfo, ListenerKind, Peer};
+pub use conn_info::{
+    AppSlot, ClientTransport, ConnInfo, ListenerInfo, ListenerKind, Peer, Security,
+};
 pub use dispatch::{Dispatcher, EventLog, LogLevel, Request};
 pub use listener::{start, ListenerSpec, Running, Services, Sharing};
 pub use responder::{ClientGone, FileSegment, Responder};

@@ -150,7 +150,7 @@ async fn read_header(
             .min(config.recv_bytes);
         let outcome = tokio::select! {
             biased;
-            r = conn.read(rbuf, want) => r,
+            r = conn.read_cleartext(rbuf, want) => r,
             _ = sleep_until(until.into()) => {
                 return if closing && until < deadline {
                     Received::Gone
@@ -200,6 +200,7 @@ mod tests {
     fn info(peer: Peer) -> Arc<ConnInfo> {
         let listener = Arc::new(ListenerInfo {
             kind: ListenerKind::Tcp,
+            security: crate::server::conn_info::Security::Cleartext,
             server_port: "8080".into(),
             app_data: Default::default(),
         });

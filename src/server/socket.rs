@@ -1,17 +1,24 @@
 //! One accepted client socket, registered with the tokio reactor, shareable between the
 //! connection task (which reads it and finishes slow writes) and the thread that produced
 //! a response (which may write to it directly, without blocking, when nobody else is).
+//! On a TLS listener the socket carries a rustls session, and everything above sees
+//! plaintext: reads decrypt, writes encrypt (always on the connection task: a producer
+//! never writes directly), and `sendfile` becomes reads of the file and writes.
 
-use std::io::{self, IoSlice};
+use std::io::{self, IoSlice, Read, Write};
 use std::mem::MaybeUninit;
 use std::net::Shutdown;
 use std::os::fd::{AsRawFd, RawFd};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll};
+
+use rustls::ServerConnection;
 
 use bytes::{BufMut, BytesMut};
 use socket2::Socket;
 use tokio::io::unix::AsyncFd;
 
+use super::tls::TlsInfo;
 use crate::observe::metrics::{self, Counter};
 
 /// A connected, non-blocking stream socket (TCP or Unix).
@@ -19,7 +26,21 @@ pub struct Conn {
     io: AsyncFd<Socket>,
     /// Whether its bytes count in the metrics (a client's do; a scraper's do not).
     counted: bool,
+    transport: Transport,
 }
+
+/// What the bytes on the socket are.
+enum Transport {
+    /// The HTTP bytes themselves.
+    Plain,
+    /// TLS records of this session. The lock is held only for a step of rustls (read
+    /// records in, take plaintext out, encrypt, write records out), never across a wait.
+    /// Boxed: a cleartext connection does not carry a session's size.
+    Tls(Box<Mutex<ServerConnection>>),
+}
+
+/// Plaintext taken into the TLS session for one `send`: about four TLS records.
+const TLS_SEND_CHUNK: usize = 64 * 1024;
 
 /// Registers a socket with the current tokio reactor.
 pub fn register(socket: Socket) -> io::Result<AsyncFd<Socket>> {
@@ -105,6 +126,16 @@ impl Conn {
         Ok(Conn {
             io: register(socket)?,
             counted: true,
+            transport: Transport::Plain,
+        })
+    }
+
+    /// A connection of a TLS listener, with the session that is to run its handshake.
+    pub fn tls(socket: Socket, session: ServerConnection) -> io::Result<Conn> {
+        Ok(Conn {
+            io: register(socket)?,
+            counted: true,
+            transport: Transport::Tls(Box::new(Mutex::new(session))),
         })
     }
 
@@ -113,7 +144,13 @@ impl Conn {
         Ok(Conn {
             io: register(socket)?,
             counted: false,
+            transport: Transport::Plain,
         })
+    }
+
+    /// Whether this connection speaks TLS.
+    pub fn is_tls(&self) -> bool {
+        matches!(self.transport, Transport::Tls(_))
     }
 
     #[inline]
@@ -136,6 +173,24 @@ impl Conn {
     /// rather than tokio's waiter list, which costs two locks per wait; only the
     /// connection task reads, so one slot is enough.
     pub fn poll_read(
+        &self,
+        cx: &mut Context<'_>,
+        buf: &mut impl ReadBuf,
+        max: usize,
+    ) -> Poll<io::Result<usize>> {
+        if let Transport::Tls(session) = &self.transport {
+            return self.poll_read_tls(cx, session, buf, max);
+        }
+        self.poll_read_socket(cx, buf, max)
+    }
+
+    /// Reads the socket's own bytes, before any TLS: a PROXY protocol header, which a
+    /// load balancer sends in cleartext ahead of the handshake.
+    pub async fn read_cleartext(&self, buf: &mut impl ReadBuf, max: usize) -> io::Result<usize> {
+        std::future::poll_fn(|cx| self.poll_read_socket(cx, buf, max)).await
+    }
+
+    fn poll_read_socket(
         &self,
         cx: &mut Context<'_>,
         buf: &mut impl ReadBuf,
@@ -176,6 +231,11 @@ impl Conn {
     /// One non-blocking vectored send from any thread. `WouldBlock` when the socket
     /// buffer is full.
     pub fn try_send(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        if self.is_tls() {
+            // Records the session could not write at once would wait for nobody: the
+            // connection task writes a TLS connection's bytes, and waits when it must.
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
         loop {
             match self.io.get_ref().send_vectored_with_flags(bufs, SEND_FLAGS) {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -192,6 +252,9 @@ impl Conn {
     /// Bytes that a file's `sendfile` follows at once are sent with `MSG_MORE`, so the
     /// kernel puts them in the same segment as the file's first bytes.
     pub async fn send(&self, bufs: &[IoSlice<'_>], next: Next) -> io::Result<usize> {
+        if let Transport::Tls(session) = &self.transport {
+            return self.send_tls(session, bufs).await;
+        }
         let flags = match next {
             Next::Nothing => SEND_FLAGS,
             Next::File => SEND_FLAGS | libc::MSG_MORE,
@@ -230,6 +293,9 @@ impl Conn {
     /// `sendfile(2)` of up to `len` bytes from `file` at `offset`, waiting for the
     /// socket to become writable if needed. Returns bytes sent (0 means end of file).
     pub async fn sendfile(&self, file: RawFd, offset: u64, len: usize) -> io::Result<usize> {
+        if let Transport::Tls(session) = &self.transport {
+            return self.send_file_tls(session, file, offset, len).await;
+        }
         loop {
             let mut guard = self.io.writable().await?;
             let result = guard.try_io(|io| loop {
@@ -260,6 +326,12 @@ impl Conn {
     }
 
     pub fn shutdown_write(&self) {
+        if let Transport::Tls(session) = &self.transport {
+            // close_notify first, so the client knows the response was not cut.
+            let mut session = lock(session);
+            session.send_close_notify();
+            let _ = self.write_records_now(&mut session);
+        }
         let _ = self.io.get_ref().shutdown(Shutdown::Write);
     }
 
@@ -285,5 +357,241 @@ impl Conn {
                 Err(_would_block) => continue,
             }
         }
+    }
+}
+
+/// The TLS side of a connection: the handshake, and reads and writes through the session.
+impl Conn {
+    /// Runs the TLS handshake of a TLS connection (`Ok(None)` for a plain one). `early`
+    /// holds bytes already read from the socket (after a PROXY header): the first TLS
+    /// records. The caller bounds the time (`header_timeout`).
+    pub async fn handshake(&self, early: &mut BytesMut) -> io::Result<Option<TlsInfo>> {
+        let Transport::Tls(session) = &self.transport else {
+            return Ok(None);
+        };
+        {
+            let mut s = lock(session);
+            let mut rest: &[u8] = early;
+            while !rest.is_empty() {
+                if s.read_tls(&mut rest)? == 0 {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        "TLS records pile up unread",
+                    ));
+                }
+                s.process_new_packets().map_err(tls_error)?;
+            }
+        }
+        early.clear();
+        loop {
+            self.write_records(session).await?;
+            {
+                let s = lock(session);
+                if !s.is_handshaking() {
+                    return Ok(Some(TlsInfo::of(&s)));
+                }
+            }
+            let mut guard = self.io.readable().await?;
+            match guard.try_io(|io| lock(session).read_tls(&mut SocketIo(io.get_ref()))) {
+                Ok(Ok(0)) => return Err(io::ErrorKind::UnexpectedEof.into()),
+                Ok(Ok(n)) => {
+                    self.count(Counter::BytesReceived, n);
+                    let mut s = lock(session);
+                    if let Err(err) = s.process_new_packets() {
+                        // The alert saying why, if the socket takes it.
+                        let _ = self.write_records_now(&mut s);
+                        return Err(tls_error(err));
+                    }
+                }
+                Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {}
+                Ok(Err(e)) => return Err(e),
+                Err(_would_block) => {}
+            }
+        }
+    }
+
+    /// `poll_read` of a TLS connection: plaintext the session holds, else records from
+    /// the socket. What the session has to say meanwhile (tickets, alerts) is written
+    /// if the socket takes it now; the next `send` writes what it did not.
+    fn poll_read_tls(
+        &self,
+        cx: &mut Context<'_>,
+        session: &Mutex<ServerConnection>,
+        buf: &mut impl ReadBuf,
+        max: usize,
+    ) -> Poll<io::Result<usize>> {
+        loop {
+            {
+                let mut s = lock(session);
+                let _ = self.write_records_now(&mut s);
+                let state = match s.process_new_packets() {
+                    Ok(state) => state,
+                    Err(err) => {
+                        let _ = self.write_records_now(&mut s);
+                        return Poll::Ready(Err(tls_error(err)));
+                    }
+                };
+                let ready = state.plaintext_bytes_to_read().min(max);
+                if ready > 0 {
+                    buf.reserve_for(ready);
+                    let spare = &mut buf.spare()[..ready];
+                    spare.fill(MaybeUninit::new(0));
+                    // SAFETY: every byte of `spare` was initialised just above, and
+                    // `MaybeUninit<u8>` has the layout of `u8`.
+                    let init = unsafe { &mut *(spare as *mut [MaybeUninit<u8>] as *mut [u8]) };
+                    let n = s.reader().read(init)?;
+                    // SAFETY: all of `spare`, so its first `n` bytes, is initialised.
+                    unsafe { buf.filled(n) };
+                    return Poll::Ready(Ok(n));
+                }
+                if state.peer_has_closed() {
+                    return Poll::Ready(Ok(0));
+                }
+            }
+            let mut guard = match self.io.poll_read_ready(cx) {
+                Poll::Ready(guard) => guard?,
+                Poll::Pending => {
+                    buf.waiting();
+                    return Poll::Pending;
+                }
+            };
+            match guard.try_io(|io| lock(session).read_tls(&mut SocketIo(io.get_ref()))) {
+                Ok(Ok(0)) => return Poll::Ready(Ok(0)),
+                Ok(Ok(n)) => self.count(Counter::BytesReceived, n),
+                Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {}
+                Ok(Err(e)) => return Poll::Ready(Err(e)),
+                Err(_would_block) => {}
+            }
+        }
+    }
+
+    /// Encrypts up to `TLS_SEND_CHUNK` bytes of `bufs` and writes every record out
+    /// (waiting for the socket as needed): the count returned has left the process.
+    async fn send_tls(
+        &self,
+        session: &Mutex<ServerConnection>,
+        bufs: &[IoSlice<'_>],
+    ) -> io::Result<usize> {
+        self.write_records(session).await?;
+        let taken = {
+            let mut s = lock(session);
+            let mut taken = 0;
+            for b in bufs {
+                let want = b.len().min(TLS_SEND_CHUNK - taken);
+                if want == 0 {
+                    continue;
+                }
+                let n = s.writer().write(&b[..want])?;
+                taken += n;
+                if n < want || taken == TLS_SEND_CHUNK {
+                    break;
+                }
+            }
+            taken
+        };
+        self.write_records(session).await?;
+        Ok(taken)
+    }
+
+    /// `sendfile` under TLS: the kernel cannot encrypt for us, so the file is read
+    /// (`pread`, at most `TLS_SEND_CHUNK` at a time) and its bytes sent. 0 at the end.
+    async fn send_file_tls(
+        &self,
+        session: &Mutex<ServerConnection>,
+        file: RawFd,
+        offset: u64,
+        len: usize,
+    ) -> io::Result<usize> {
+        let want = len.min(TLS_SEND_CHUNK);
+        let mut chunk = vec![0u8; want];
+        let at = libc::off_t::try_from(offset)
+            .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+        let n = loop {
+            // SAFETY: `file` is open for the duration of the call (the caller owns it),
+            // and `chunk` has `want` writable bytes.
+            let n = unsafe { libc::pread(file, chunk.as_mut_ptr().cast(), want, at) };
+            if n >= 0 {
+                break n as usize;
+            }
+            let err = io::Error::last_os_error();
+            if err.kind() != io::ErrorKind::Interrupted {
+                return Err(err);
+            }
+        };
+        let mut sent = 0;
+        while sent < n {
+            let k = self
+                .send_tls(session, &[IoSlice::new(&chunk[sent..n])])
+                .await?;
+            if k == 0 {
+                return Err(io::ErrorKind::WriteZero.into());
+            }
+            sent += k;
+        }
+        Ok(n)
+    }
+
+    /// Writes out every TLS record the session holds, waiting for the socket as needed.
+    async fn write_records(&self, session: &Mutex<ServerConnection>) -> io::Result<()> {
+        loop {
+            if !lock(session).wants_write() {
+                return Ok(());
+            }
+            let mut guard = self.io.writable().await?;
+            match guard.try_io(|io| lock(session).write_tls(&mut SocketIo(io.get_ref()))) {
+                Ok(Ok(0)) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(Ok(n)) => self.count(Counter::BytesSent, n),
+                Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {}
+                Ok(Err(e)) => return Err(e),
+                Err(_would_block) => {}
+            }
+        }
+    }
+
+    /// Writes what records the socket takes now, without waiting.
+    fn write_records_now(&self, session: &mut ServerConnection) -> io::Result<()> {
+        while session.wants_write() {
+            match session.write_tls(&mut SocketIo(self.io.get_ref())) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => self.count(Counter::BytesSent, n),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+}
+
+fn lock(session: &Mutex<ServerConnection>) -> MutexGuard<'_, ServerConnection> {
+    // A panic while holding it leaves a session that is no worse than the bytes say:
+    // rustls checks them; the connection fails with its next record if it is broken.
+    session.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn tls_error(err: rustls::Error) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, err)
+}
+
+/// The socket as rustls reads and writes it: `recv`, and `send` without SIGPIPE.
+struct SocketIo<'a>(&'a Socket);
+
+impl Read for SocketIo<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let mut socket = self.0;
+        socket.read(buf)
+    }
+}
+
+impl Write for SocketIo<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.send_with_flags(buf, SEND_FLAGS)
+    }
+
+    fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        self.0.send_vectored_with_flags(bufs, SEND_FLAGS)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
     }
 }

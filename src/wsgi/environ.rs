@@ -363,6 +363,19 @@ impl EnvironTemplate {
             // Before the overrides: trusted forwarding headers still win.
             env.set_item(&k.wsgi_url_scheme, self.https.bind(py))?;
         }
+        if let Some(tls) = &conn.tls {
+            // As Apache's mod_ssl names them.
+            env.set_item("HTTPS", "on")?;
+            env.set_item("SSL_PROTOCOL", tls.protocol)?;
+            env.set_item("SSL_CIPHER", &tls.cipher)?;
+            match &tls.client_subject {
+                Some(subject) => {
+                    env.set_item("SSL_CLIENT_VERIFY", "SUCCESS")?;
+                    env.set_item("SSL_CLIENT_S_DN", subject)?;
+                }
+                None => env.set_item("SSL_CLIENT_VERIFY", "NONE")?,
+            }
+        }
         let conn = self.conn_objects(py, conn)?;
 
         env.set_item(&k.request_method, self.method(py, head.method())?)?;

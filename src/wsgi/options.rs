@@ -12,10 +12,11 @@ use pyo3::types::PyDict;
 
 use super::WsgiConfig;
 use crate::config::{
-    AccessLogTarget, Config, ProxyProtocol, StaticConfig, StaticMount, StaticOpen,
+    AccessLogTarget, Config, ProxyProtocol, StaticConfig, StaticMount, StaticOpen, TlsConfig,
 };
 use crate::observe::access_format::Format;
 use crate::proxy::{self, ProxyConfig, TrustedPeers};
+use crate::server::tls::Acceptor;
 
 /// The options the engine takes (exported to Python as `ENGINE_OPTIONS`, where a test
 /// checks them against the records that say `engine=True`).
@@ -52,6 +53,11 @@ pub const ENGINE_OPTIONS: &[&str] = &[
     "static_follow_symlinks",
     "static_max_age",
     "static_immutable_pattern",
+    "certfile",
+    "keyfile",
+    "ca_certs",
+    "cert_reqs",
+    "tls_min_version",
     "url_scheme",
     "url_prefix",
     "server_name",
@@ -179,6 +185,28 @@ fn statics(o: &Bound<'_, PyDict>) -> PyResult<StaticConfig> {
     })
 }
 
+/// `certfile` and the options around it; the files are read once here, so that a
+/// bad one stops the start (before any worker is forked) with its name.
+fn tls(o: &Bound<'_, PyDict>) -> PyResult<Option<TlsConfig>> {
+    let certfile: Option<String> = required(o, "certfile")?;
+    let keyfile: Option<String> = required(o, "keyfile")?;
+    let ca_certs: Option<String> = required(o, "ca_certs")?;
+    let cert_reqs: String = required(o, "cert_reqs")?;
+    let min_version: String = required(o, "tls_min_version")?;
+    let tls = TlsConfig::from_options(
+        certfile.as_deref().filter(|s| !s.is_empty()),
+        keyfile.as_deref().filter(|s| !s.is_empty()),
+        ca_certs.as_deref().filter(|s| !s.is_empty()),
+        &cert_reqs,
+        &min_version,
+    )
+    .map_err(PyValueError::new_err)?;
+    if let Some(settings) = &tls {
+        Acceptor::new(settings).map_err(PyValueError::new_err)?;
+    }
+    Ok(tls)
+}
+
 fn engine_config(o: &Bound<'_, PyDict>) -> PyResult<Config> {
     let ident: Option<String> = required(o, "ident")?;
     let (access_log, access_log_format) = access_log(o)?;
@@ -209,6 +237,7 @@ fn engine_config(o: &Bound<'_, PyDict>) -> PyResult<Config> {
         dump_slow_requests_after: seconds_or_off(o, "dump_slow_requests_after")?,
         request_timeout: seconds_or_off(o, "request_timeout")?,
         statics: statics(o)?,
+        tls: tls(o)?,
     };
     config.validate().map_err(PyValueError::new_err)?;
     Ok(config)

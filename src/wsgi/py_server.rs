@@ -26,10 +26,11 @@ use super::WsgiConfig;
 use crate::config::{AccessLogTarget, Config};
 use crate::observe::access_log::{AccessLog, Destination};
 use crate::observe::metrics;
+use crate::server::tls::Acceptor;
 use crate::server::tracking::Observer;
 use crate::server::{
-    self, Dispatcher, EventLog, ListenerInfo, ListenerKind, ListenerSpec, LogLevel, Services,
-    Sharing,
+    self, Dispatcher, EventLog, ListenerInfo, ListenerKind, ListenerSpec, LogLevel, Security,
+    Services, Sharing,
 };
 
 /// How often the thread in `run()` wakes to let Python handle signals (main thread only).
@@ -46,11 +47,13 @@ pub struct PyServer {
     control: Arc<Control>,
     /// The running server's observer (for `reopen_logs`).
     observer: Mutex<Option<Arc<Observer>>>,
+    /// The TLS listeners' sessions maker (`certfile`), kept for `reload_certificates`.
+    tls: Option<Arc<Acceptor>>,
 }
 
 /// One listener as the Python layer describes it: `(fileno, "tcp" | "unix",
-/// server_port, "owned" | "inherited" | "workers")`.
-type ListenerTuple = (i32, String, String, String);
+/// server_port, "owned" | "inherited" | "workers", "cleartext" | "tls")`.
+type ListenerTuple = (i32, String, String, String, String);
 
 /// A duplicate of descriptor `fd`, owned by the engine.
 fn duplicate(fd: i32) -> PyResult<Socket> {
@@ -66,7 +69,18 @@ fn duplicate(fd: i32) -> PyResult<Socket> {
     Ok(unsafe { Socket::from_raw_fd(dup) })
 }
 
-fn listener_from((fd, kind, server_port, sharing): ListenerTuple) -> PyResult<ListenerSpec> {
+fn listener_from(
+    (fd, kind, server_port, sharing, security): ListenerTuple,
+) -> PyResult<ListenerSpec> {
+    let security = match security.as_str() {
+        "cleartext" => Security::Cleartext,
+        "tls" => Security::Tls,
+        other => {
+            return Err(PyValueError::new_err(format!(
+                "unknown listener security {other:?}"
+            )))
+        }
+    };
     let kind = match kind.as_str() {
         "tcp" => ListenerKind::Tcp,
         "unix" => ListenerKind::Unix,
@@ -91,6 +105,7 @@ fn listener_from((fd, kind, server_port, sharing): ListenerTuple) -> PyResult<Li
         socket,
         info: Arc::new(ListenerInfo {
             kind,
+            security,
             server_port,
             app_data: Default::default(),
         }),
@@ -101,10 +116,11 @@ fn listener_from((fd, kind, server_port, sharing): ListenerTuple) -> PyResult<Li
 #[pymethods]
 impl PyServer {
     /// `options`: the validated engine options. `listeners`: `(fileno, "tcp" |
-    /// "unix", server_port, sharing)` for each bound, listening socket, where sharing
-    /// is `owned` (this process's alone: refused at shutdown), `inherited` (left
-    /// listening for its owner) or `workers` (shared with other worker processes); the
-    /// server keeps its own duplicates of the descriptors. `metrics`: the descriptor of
+    /// "unix", server_port, sharing, security)` for each bound, listening socket, where
+    /// sharing is `owned` (this process's alone: refused at shutdown), `inherited` (left
+    /// listening for its owner) or `workers` (shared with other worker processes), and
+    /// security `cleartext` or `tls` (which needs `certfile`); the server keeps its own
+    /// duplicates of the descriptors. The certificate files are read here. `metrics`: the descriptor of
     /// the bound, listening metrics socket (`metrics_listen`), if any.
     #[new]
     #[pyo3(signature = (app, options, listeners, metrics=None))]
@@ -119,10 +135,17 @@ impl PyServer {
             .into_iter()
             .map(listener_from)
             .collect::<PyResult<Vec<_>>>()?;
+        let tls = config
+            .tls
+            .as_ref()
+            .map(|settings| Acceptor::new(settings).map(Arc::new))
+            .transpose()
+            .map_err(PyValueError::new_err)?;
         Ok(PyServer {
             app,
             config,
             wsgi,
+            tls,
             listeners: Mutex::new(Some(listeners)),
             metrics: Mutex::new(metrics.map(duplicate).transpose()?),
             control: Arc::new(Control::default()),
@@ -184,6 +207,16 @@ impl PyServer {
     /// Asks `run()` to stop; safe from any thread, and before `run()`.
     fn close(&self) {
         self.control.request_close();
+    }
+
+    /// Reads `certfile`, `keyfile` and `ca_certs` again (SIGHUP): connections accepted
+    /// from now on use them; open ones keep their session. False without TLS; on an
+    /// error (ValueError, naming the file) the files read before stay in use.
+    fn reload_certificates(&self) -> PyResult<bool> {
+        match &self.tls {
+            None => Ok(false),
+            Some(tls) => tls.reload().map(|()| true).map_err(PyValueError::new_err),
+        }
     }
 
     /// Reopens the access log file at its path (SIGUSR1, after logrotate moved it).
@@ -282,6 +315,7 @@ impl PyServer {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .take(),
+            tls: self.tls.clone(),
         };
         match server::start(self.config.clone(), listeners, services) {
             Ok(running) => Ok((pool, running)),
