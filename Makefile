@@ -64,10 +64,17 @@ test: rust-test py-test
 rust-test: | check
 	cargo test --all-targets
 
+## The suites that also run over TLS (every server gets a test certificate, every client
+## speaks TLS: tests/support.py). The rest test cleartext-only things (half-closed
+## sockets, PROXY headers, balancers) or TLS itself (tests/test_tls.py).
+TLS_SUITES = tests/test_wsgi.py tests/test_framing.py tests/test_file_wrapper.py tests/test_conformance.py tests/test_reliability.py
+
 py-test: $(DEV_VENV)/.test-deps
-	./scripts/ensure-packages curl haproxy nginx prometheus
+	./scripts/ensure-packages curl haproxy nginx prometheus openssl
 	$(MAKE) build
 	$(PY) -m pytest -q tests
+	@echo "the WSGI behaviour suites again, over TLS:"
+	TAPSTER_TEST_TRANSPORT=tls $(PY) -m pytest -q $(TLS_SUITES)
 
 ## soak: a few minutes of mixed traffic with memory and descriptors sampled (CI runs it)
 soak: $(DEV_VENV)/.test-deps

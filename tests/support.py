@@ -5,22 +5,66 @@ over the wire and whether the server closed the connection."""
 
 from __future__ import annotations
 
+import functools
 import http.client
 import json
 import os
 import re
 import signal
 import socket
+import ssl
 import subprocess
 import sys
+import tempfile
 import threading
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from http_reader import ConnectionClosed, RawConn, Response  # noqa: F401 (re-exported: the tests import them from here)
 
 TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
-SERVING = re.compile(r"Serving on http://(.+):(\d+|/.+)$")
+SERVING = re.compile(r"Serving on https?://(.+):(\d+|/.+)$")
+
+
+#: `TAPSTER_TEST_TRANSPORT=tls` runs the suites over TLS: every `ServerProcess` on a
+#: TCP address gets the test certificate, and `connect()` and `url()` speak TLS
+#: (`make test` runs the WSGI behaviour suites both ways).
+OVER_TLS = os.environ.get("TAPSTER_TEST_TRANSPORT", "") == "tls"
+
+
+@dataclass(frozen=True)
+class TlsTestFiles:
+    """A CA made for this test run (trustme) and a server certificate it signed for
+    localhost, 127.0.0.1 and ::1, as PEM files; nothing is checked in."""
+
+    ca: Any  # trustme.CA, to issue more (client certificates)
+    ca_file: str
+    certfile: str
+    keyfile: str
+
+    def client_context(self) -> ssl.SSLContext:
+        ctx = ssl.create_default_context(cafile=self.ca_file)
+        ctx.check_hostname = False  # the tests connect to 127.0.0.1 by address
+        return ctx
+
+
+@functools.cache
+def tls_test_files() -> TlsTestFiles:
+    import trustme
+
+    ca = trustme.CA()
+    cert = ca.issue_cert("localhost", "127.0.0.1", "::1")
+    where = tempfile.mkdtemp(prefix="tapster-tls-")
+    paths = {name: os.path.join(where, name) for name in ("ca.pem", "cert.pem", "key.pem")}
+    ca.cert_pem.write_to_path(paths["ca.pem"])
+    cert.cert_chain_pems[0].write_to_path(paths["cert.pem"])
+    cert.private_key_pem.write_to_path(paths["key.pem"])
+    if OVER_TLS:
+        # The clients the suites run (requests, httpx, curl, urllib) trust the test CA.
+        for name in ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"):
+            os.environ[name] = paths["ca.pem"]
+    return TlsTestFiles(ca, paths["ca.pem"], paths["cert.pem"], paths["key.pem"])
 
 
 def tests_env(extra: dict[str, str] | None = None) -> dict[str, str]:
@@ -139,11 +183,19 @@ class CapturedProcess:
 class ServerProcess(CapturedProcess):
     """`python -m tapster [args] APP` on a free port, with its log captured."""
 
+    #: Whether connect() and url() speak TLS (the server was given a certificate).
+    tls = False
+
     def __init__(self, app: str, *args: str, listen: str | None = "127.0.0.1:0", env: dict[str, str] | None = None) -> None:
         cmd = [sys.executable, "-m", "tapster"]
         if listen is not None:
             cmd.append(f"--listen={listen}")
         cmd.extend(args)
+        if OVER_TLS and listen is not None and not listen.startswith(("fd://", "http://")):
+            if not any(a.startswith("--certfile") for a in args):
+                certs = tls_test_files()
+                cmd += [f"--certfile={certs.certfile}", f"--keyfile={certs.keyfile}"]
+        self.tls = any(a.startswith("--certfile") for a in cmd) and not (listen or "").startswith("http://")
         cmd.append(app)
         super().__init__(cmd, tests_env(env))
         self.host, self.port = self._wait_for_listen()
@@ -168,8 +220,20 @@ class ServerProcess(CapturedProcess):
         assert isinstance(self.port, int)
         return (self.host.strip("[]"), self.port)
 
+    @property
+    def scheme(self) -> str:
+        """What `wsgi.url_scheme` says by default: https on a TLS listener."""
+        return "https" if self.tls else "http"
+
+    def http_connection(self, timeout: float = 5.0) -> http.client.HTTPConnection:
+        """An http.client connection to the server (HTTPS on a TLS listener)."""
+        if self.tls:
+            ctx = tls_test_files().client_context()
+            return http.client.HTTPSConnection(*self.address, timeout=timeout, context=ctx)
+        return http.client.HTTPConnection(*self.address, timeout=timeout)
+
     def url(self, path: str = "/") -> str:
-        return f"http://{self.host}:{self.port}{path}"
+        return f"{'https' if self.tls else 'http'}://{self.host}:{self.port}{path}"
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int:
         if self.proc.poll() is None:
@@ -184,7 +248,13 @@ class ServerProcess(CapturedProcess):
         return self.proc.returncode
 
     def connect(self, timeout: float = 5.0) -> RawConn:
-        return RawConn(socket.create_connection(self.address, timeout=timeout))
+        return RawConn(self.wrap(socket.create_connection(self.address, timeout=timeout)))
+
+    def wrap(self, sock: socket.socket) -> socket.socket:
+        """A socket connected to the server, ready for HTTP: over TLS on a TLS listener."""
+        if self.tls:
+            return tls_test_files().client_context().wrap_socket(sock, server_hostname="localhost")
+        return sock
 
     def calls(self) -> int:
         """How many times the app ran (apps count their calls at /__calls__)."""

@@ -166,7 +166,7 @@ def open_stream(srv: ServerProcess, raw: bytes, rcvbuf: int | None = None) -> tu
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
     sock.settimeout(10)
     sock.connect(srv.address)
-    conn = RawConn(sock)
+    conn = RawConn(srv.wrap(sock))
     conn.send(raw)
     head = conn._read_until(b"\r\n\r\n").decode("latin-1").split("\r\n")
     status = int(head[0].split(" ")[1])

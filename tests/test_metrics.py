@@ -176,7 +176,7 @@ def test_the_text_has_every_metric_with_its_type(metered: Callable[..., Metered]
     for name in PER_WORKER + PER_PROCESS:
         assert label_values(text, name, "worker") == {"0"}, name
     assert label_values(text, "tapster_connections", "state") <= {"reading", "responding", "idle"}
-    assert label_values(text, "tapster_connections_refused_total", "reason") == {"proxy_protocol"}
+    assert label_values(text, "tapster_connections_refused_total", "reason") == {"proxy_protocol", "tls_handshake"}
     histogram = [s for s in parse(text)["tapster_request_duration_seconds"].samples]
     buckets = [(s.labels["le"], s.value) for s in histogram if s.name.endswith("_bucket")]
     assert buckets[-1] == ("+Inf", 3.0), buckets

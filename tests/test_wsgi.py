@@ -61,7 +61,7 @@ def test_environ_base_keys(probe_server: ServerProcess) -> None:
     assert env["HTTP_HOST"] == "t"
     assert "CONTENT_LENGTH" not in env and "CONTENT_TYPE" not in env
     assert env["wsgi.version"] == [1, 0] and types["wsgi.version"] == "tuple"
-    assert env["wsgi.url_scheme"] == "http"
+    assert env["wsgi.url_scheme"] == probe_server.scheme
     assert env["wsgi.multithread"] is True
     assert env["wsgi.multiprocess"] is False
     assert env["wsgi.run_once"] is False
@@ -145,7 +145,7 @@ def test_absolute_form_target(probe_server: ServerProcess, target: str, host: st
     assert env["HTTP_HOST"] == host
     assert env["SERVER_NAME"] == "tapster.invalid"
     assert env["SERVER_PORT"] == str(probe_server.port)
-    assert env["wsgi.url_scheme"] == "http"
+    assert env["wsgi.url_scheme"] == probe_server.scheme
 
 
 def test_url_prefix(make_server) -> None:
@@ -222,7 +222,7 @@ def test_proxy_headers_removed_by_default(probe_server: ServerProcess) -> None:
     assert env["HTTP_X_KEPT"] == "yes"
     assert env["HTTP_HOST"] == "real"
     assert env["REMOTE_ADDR"] == "127.0.0.1"
-    assert env["wsgi.url_scheme"] == "http"
+    assert env["wsgi.url_scheme"] == probe_server.scheme
     assert env["SERVER_PORT"] == str(probe_server.port)
 
 
@@ -585,7 +585,7 @@ def test_exception_after_first_chunk_cuts_connection(server: ServerProcess) -> N
 
 
 def test_http_client_keep_alive(probe_server: ServerProcess) -> None:
-    conn = http.client.HTTPConnection(*probe_server.address, timeout=5)
+    conn = probe_server.http_connection(timeout=5)
     try:
         conn.request("GET", "/hc?x=1", headers={"X-Test": "yes"})
         resp = conn.getresponse()
@@ -717,7 +717,7 @@ def test_django_app(django_server: ServerProcess) -> None:
             "method": "GET",
             "q": "\u00e9t\u00e9",
             "host": f"127.0.0.1:{django_server.port}",
-            "secure": False,
+            "secure": django_server.tls,
         }
 
         resp = s.get(django_server.url("/stream"), params={"n": "3"}, timeout=5)

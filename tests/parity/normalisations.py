@@ -646,6 +646,7 @@ ALL_NORMALISATIONS = [
 #: README rows this suite does not compare (no Normalisation), and why. A test checks
 #: that every README row is either cited by a Normalisation or listed here.
 NOT_COMPARED = {
+    "No TLS: a proxy must terminate it": "Waitress has no TLS to compare with: tests/test_tls.py tests Tapster's",
     "A client that aborts a download is not logged": "one side's log only: tests/test_hardening.py (reset while streaming) and tests/test_file_wrapper.py check Tapster's INFO line",
     "A request head has no deadline (only `channel_timeout` idle)": "header_timeout is 30 s, too slow for this suite",
     "Output above `outbuf_high_watermark` blocks the worker thread": "the worker pool's internals, not the wire",
