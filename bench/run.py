@@ -31,6 +31,11 @@ scenarios (file-*, static-1m) also show the whole machine's CPU per GB: every CP
 time from /proc/stat over the measured run (server, wrk, kernel and any other load), with
 how much of it was neither the server's nor wrk's.
 
+hello-c64-tls is hello over HTTPS (TLS 1.3, one self-signed ECDSA P-256 certificate made
+by the harness for every server) for the servers that terminate TLS themselves: Tapster
+(--certfile), nginx (ssl), Granian (--ssl-certificate) and Gunicorn (--certfile). wrk keeps
+its connections, so this measures encryption per request more than handshakes.
+
     make bench                                  # everything (about 25 minutes)
     make bench BENCH_ARGS="--quick"             # 3 s runs
     make bench BENCH_ARGS="--servers tapster,granian --scenarios hello-c64"
@@ -52,6 +57,7 @@ import resource
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -88,6 +94,7 @@ class Scenario:
     observe: str = ""  # "access_log": each server's own access log to a file; "metrics": Tapster's, scraped every second
     baseline: str | None = None  # the scenario this one adds a feature to: its cost is reported against it
     static: bool = False  # a file under STATIC served by each server's own static files (no WSGI app for Tapster)
+    tls: bool = False  # HTTPS with the same certificate (TLS_CERT) for every server that has TLS
 
     @property
     def ratio_base(self) -> str:
@@ -112,6 +119,7 @@ SCENARIOS = [
     Scenario("hello-c64", "hello", 64, nginx_path="/"),
     Scenario("hello-c64-access-log", "hello", 64, observe="access_log", baseline="hello-c64"),
     Scenario("hello-c64-metrics", "hello", 64, observe="metrics", baseline="hello-c64"),
+    Scenario("hello-c64-tls", "hello", 64, nginx_path="/", tls=True),
     Scenario("echo-64k", "echo", 16, lua="post64k.lua"),
     Scenario("stream-100x1k", "stream", 16),
     Scenario("file-1m", "file_1m", 16, nginx_path="/files/1m.bin", is_file=True),
@@ -149,6 +157,10 @@ METRICS_PORT = PORT + 1
 #: The directory every server of the static-* scenarios serves under /static (made by make_files).
 STATIC = os.path.join(FILES, "static")
 STATIC_FILES = (("1k.bin", 1 << 10), ("1m.bin", 1 << 20))
+#: The certificate (ECDSA P-256, self-signed for localhost) and key every server of the
+#: TLS scenarios uses (made by make_files).
+TLS_CERT = os.path.join(FILES, "tls-cert.pem")
+TLS_KEY = os.path.join(FILES, "tls-key.pem")
 
 
 def access_log_path(server: str) -> str:
@@ -167,6 +179,8 @@ def tapster_cmd(s: Scenario, port: int) -> list[str]:
         cmd.append(f"--metrics-listen=127.0.0.1:{METRICS_PORT}")
     if s.static:
         cmd += ["--static", f"/static={STATIC}"]
+    if s.tls:
+        cmd += [f"--certfile={TLS_CERT}", f"--keyfile={TLS_KEY}"]
     return cmd + TAPSTER_ARGS + [f"apps:{s.app}"]
 
 
@@ -193,6 +207,8 @@ def waitress_cmd(s: Scenario, port: int) -> list[str]:
 
 def gunicorn_cmd(s: Scenario, port: int) -> list[str]:
     log = ["--access-logfile", access_log_path("gunicorn")] if s.observe == "access_log" else []
+    if s.tls:
+        log += ["--certfile", TLS_CERT, "--keyfile", TLS_KEY]
     return [
         os.path.join(BIN, "gunicorn"), "-k", "gthread", "-w", str(s.workers),
         "--threads", str(s.threads or 4), "-b", f"127.0.0.1:{port}",
@@ -212,6 +228,8 @@ def granian_cmd(s: Scenario, port: int) -> list[str]:
         cmd += ["--blocking-threads", str(s.threads)]
     if s.static:
         cmd += ["--static-path-mount", STATIC, "--static-path-route", "/static"]
+    if s.tls:
+        cmd += ["--ssl-certificate", TLS_CERT, "--ssl-keyfile", TLS_KEY]
     return cmd + [f"apps:{s.app}"]
 
 
@@ -242,7 +260,7 @@ http {{
     uwsgi_temp_path {tmp}/uwsgi;
     scgi_temp_path {tmp}/scgi;
     server {{
-        listen 127.0.0.1:{port};
+        listen 127.0.0.1:{port}{ssl};{tls}
         location = / {{ default_type text/plain; return 200 "Hello, world!"; }}
         location /files/ {{ alias {files}/; }}
         location /static/ {{ alias {static}/; }}
@@ -255,7 +273,8 @@ def nginx_cmd(s: Scenario, port: int) -> list[str]:
     tmp = tempfile.mkdtemp(prefix="tapster-bench-nginx-")
     conf = os.path.join(tmp, "nginx.conf")
     with open(conf, "w") as f:
-        f.write(NGINX_CONF.format(tmp=tmp, port=port, files=FILES, static=STATIC))
+        tls = f"\n        ssl_certificate {TLS_CERT};\n        ssl_certificate_key {TLS_KEY};" if s.tls else ""
+        f.write(NGINX_CONF.format(tmp=tmp, port=port, files=FILES, static=STATIC, ssl=" ssl" if s.tls else "", tls=tls))
     return [shutil.which("nginx") or "/usr/sbin/nginx", "-c", conf, "-p", tmp]
 
 
@@ -275,8 +294,8 @@ def plain(s: Scenario) -> bool:
 
 def app_only(s: Scenario) -> bool:
     """Waitress, Gunicorn, bjoern and Pyruvate have no static files of their own: they sit
-    out the static-* scenarios."""
-    return plain(s) and not s.static
+    out the static-* scenarios (and all but Gunicorn have no TLS)."""
+    return plain(s) and not s.static and not s.tls
 
 
 SERVERS = [
@@ -302,7 +321,7 @@ def install_tools() -> dict[str, str]:
     """Installs wrk, nginx and the peers; returns {name: problem} for what failed."""
     problems: dict[str, str] = {}
     ensure = os.path.join(ROOT, "scripts", "ensure-packages")
-    result = subprocess.run([ensure, "wrk", "nginx-light", "libev-dev"], capture_output=True, text=True)
+    result = subprocess.run([ensure, "wrk", "nginx-light", "libev-dev", "openssl"], capture_output=True, text=True)
     if result.returncode != 0:
         problems["debian"] = result.stderr.strip() or result.stdout.strip()
     for dist in ("waitress", "gunicorn", "granian", "bjoern", "pyruvate", "whitenoise"):
@@ -329,6 +348,12 @@ def make_files() -> None:
             if not os.path.exists(path) or os.path.getsize(path) != size:
                 with open(path, "wb") as f:
                     f.write(os.urandom(size))
+    if not os.path.exists(TLS_CERT):
+        subprocess.run(
+            ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+             "-nodes", "-subj", "/CN=localhost", "-days", "30", "-keyout", TLS_KEY, "-out", TLS_CERT],
+            check=True, capture_output=True,
+        )
 
 
 def version_of(server: Server) -> str:
@@ -451,7 +476,7 @@ def running(server: Server, scenario: Scenario, port: int, cpu_loops: int) -> It
     proc = subprocess.Popen(cmd, cwd=HERE, env=env, stdout=log, stderr=log, start_new_session=True)
     try:
         try:
-            wait_ready(proc, port, scenario.path_for(server.name))
+            wait_ready(proc, port, scenario.path_for(server.name), scenario.tls)
         except RuntimeError as exc:
             # What the server said about it, e.g. an option it does not know yet.
             log.seek(0)
@@ -470,13 +495,14 @@ def running(server: Server, scenario: Scenario, port: int, cpu_loops: int) -> It
         log.close()
 
 
-def wait_ready(proc: subprocess.Popen[bytes], port: int, path: str) -> None:
+def wait_ready(proc: subprocess.Popen[bytes], port: int, path: str, tls: bool = False) -> None:
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"server exited with status {proc.returncode}")
         try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
+            with socket.create_connection(("127.0.0.1", port), timeout=1) as raw:
+                s = ssl._create_unverified_context().wrap_socket(raw) if tls else raw
                 s.sendall(f"GET {path} HTTP/1.0\r\nHost: bench\r\n\r\n".encode())
                 if s.recv(12).startswith(b"HTTP/1."):
                     return
@@ -561,7 +587,7 @@ def scraper(scenario: Scenario) -> Iterator[None]:
 
 def measure(server: Server, scenario: Scenario, seconds: float, warmup: float, cpu_loops: int) -> dict[str, object]:
     port = PORT
-    url = f"http://127.0.0.1:{port}{scenario.path_for(server.name)}"
+    url = f"{'https' if scenario.tls else 'http'}://127.0.0.1:{port}{scenario.path_for(server.name)}"
     for old in glob.glob(os.path.join(LOG_DIR, "*")):
         os.remove(old)
     with running(server, scenario, port, cpu_loops) as proc:
