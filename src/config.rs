@@ -68,6 +68,58 @@ pub struct Config {
     /// The certificate and TLS settings of the listeners that speak TLS (`certfile`,
     /// `keyfile`, `ca_certs`, `cert_reqs`, `tls_min_version`); `None` without `certfile`.
     pub tls: Option<TlsConfig>,
+    /// HTTP/2 beside HTTP/1.1 (`http2`, `h2_*`).
+    pub http2: Http2Config,
+}
+
+/// `http2` and its limits (plain data; `server/http2.rs` applies them).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Http2Config {
+    /// Whether HTTP/2 is spoken: h2 by ALPN on TLS listeners, h2c by prior knowledge
+    /// on cleartext ones.
+    pub enabled: bool,
+    /// Streams a client may have open at once (`h2_max_concurrent_streams`).
+    pub max_concurrent_streams: u32,
+    /// Request-body bytes a client may send on one stream before the server has read
+    /// them (`h2_initial_window_size`).
+    pub stream_window: u32,
+    /// The same for all the streams of a connection together (`h2_connection_window_size`).
+    pub connection_window: u32,
+}
+
+impl Default for Http2Config {
+    /// The defaults of the options.
+    fn default() -> Self {
+        Http2Config {
+            enabled: false,
+            max_concurrent_streams: 100,
+            stream_window: 262_144,
+            connection_window: 1_048_576,
+        }
+    }
+}
+
+impl Http2Config {
+    /// The largest flow-control window HTTP/2 allows (RFC 9113 section 6.9.1).
+    pub const MAX_WINDOW: u32 = (1 << 31) - 1;
+
+    fn validate(&self) -> Result<(), String> {
+        if self.max_concurrent_streams == 0 {
+            return Err("h2_max_concurrent_streams must be a positive integer".into());
+        }
+        for (name, value) in [
+            ("h2_initial_window_size", self.stream_window),
+            ("h2_connection_window_size", self.connection_window),
+        ] {
+            if !(65_535..=Self::MAX_WINDOW).contains(&value) {
+                return Err(format!(
+                    "{name} must be between 65535 and {} bytes",
+                    Self::MAX_WINDOW
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// `certfile` and the TLS options around it (plain data; `server/tls.rs` reads the
@@ -80,6 +132,8 @@ pub struct TlsConfig {
     pub keyfile: Option<PathBuf>,
     pub clients: ClientCertificates,
     pub min_version: TlsVersion,
+    /// ALPN offers `h2` before `http/1.1` (`http2`).
+    pub http2: bool,
 }
 
 /// `cert_reqs` with `ca_certs`: whether clients are asked for a certificate.
@@ -169,6 +223,7 @@ impl TlsConfig {
             keyfile: keyfile.map(PathBuf::from),
             clients,
             min_version,
+            http2: false,
         }))
     }
 }
@@ -335,6 +390,7 @@ impl Config {
             request_timeout: None,
             statics: StaticConfig::default(),
             tls: None,
+            http2: Http2Config::default(),
         }
     }
 }
@@ -390,6 +446,7 @@ impl Config {
                 return Err("ident must not contain control characters".into());
             }
         }
+        self.http2.validate()?;
         self.statics.validate()
     }
 

@@ -100,7 +100,7 @@ def test_curl_gets_https_and_the_environ_says_so(srv: ServerProcess) -> None:
     assert env["wsgi.url_scheme"] == "https"
     assert env["HTTPS"] == "on"
     assert env["SSL_PROTOCOL"] == "TLSv1.3"
-    assert env["SSL_CIPHER"].startswith("TLS13_")
+    assert env["SSL_CIPHER"] in ("TLS_AES_256_GCM_SHA384", "TLS_AES_128_GCM_SHA256", "TLS_CHACHA20_POLY1305_SHA256")
     assert env["SSL_CLIENT_VERIFY"] == "NONE"
     assert "SSL_CLIENT_S_DN" not in env
     assert env["SERVER_PROTOCOL"] == "HTTP/1.1"

@@ -137,6 +137,7 @@ SECTIONS = (
     ("observability", "Access log, metrics and stuck requests"),
     ("static", "Static files"),
     ("tls", "TLS"),
+    ("http2", "HTTP/2"),
     ("process", "Process (command line only)"),
     ("compat", "Compatibility options with no effect (accepted as Waitress does)"),
 )
@@ -597,6 +598,29 @@ OPTIONS: tuple[Option, ...] = (
         "tls_min_version", str, "1.2", "server",
         "Tapster: the oldest TLS version a client may use, `1.2` or `1.3`.",
         section="tls",
+    ),
+    Option(
+        "http2", asbool, False, "server",
+        "Tapster: HTTP/2 beside HTTP/1.1: offered by ALPN (`h2` before `http/1.1`) on TLS "
+        "listeners, and by prior knowledge (h2c: a connection that opens with the HTTP/2 "
+        "preface) on cleartext ones.",
+        section="http2",
+    ),
+    Option(
+        "h2_max_concurrent_streams", int, 100, "server",
+        "Tapster: HTTP/2 streams a client may have open at once on one connection.",
+        section="http2",
+    ),
+    Option(
+        "h2_initial_window_size", int, 262144, "server",
+        "Tapster: bytes of request body a client may send on one HTTP/2 stream ahead of "
+        "the server reading them (the stream's flow-control window).",
+        section="http2",
+    ),
+    Option(
+        "h2_connection_window_size", int, 1048576, "server",
+        "Tapster: the same for all the streams of one HTTP/2 connection together.",
+        section="http2",
     ),
     # The `tapster` command's own (layer "cli": not serve() keyword arguments).
     Option(

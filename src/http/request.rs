@@ -292,7 +292,8 @@ fn parse_head(raw: Arc<[u8]>, limits: &HeadLimits) -> Result<RequestHead, HttpEr
         .framing(line.version, limits)
         .map_err(|e| e.in_version(line.version))?;
     let keep_alive = match line.version {
-        Version::Http11 => !semantics.connection_close,
+        // (The request line is never parsed as HTTP/2: its streams are translated.)
+        Version::Http11 | Version::Http2 => !semantics.connection_close,
         Version::Http10 => semantics.connection_keep_alive && !semantics.connection_close,
     };
     Ok(RequestHead {

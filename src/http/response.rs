@@ -94,7 +94,9 @@ impl Framing {
         }
         let (body, keep_alive) = match (input.content_length, input.version) {
             (Some(n), _) => (BodyMode::Length(n), keep),
-            (None, Version::Http11) => (BodyMode::Chunked, keep),
+            // HTTP/2 frames the body itself; chunks let its translation tell a complete
+            // body from one the application cut short.
+            (None, Version::Http11 | Version::Http2) => (BodyMode::Chunked, keep),
             (None, Version::Http10) => (BodyMode::UntilClose, false),
         };
         Framing {
@@ -142,7 +144,9 @@ pub fn write_head(
     if framing.body == BodyMode::Chunked || framing.announce_chunked {
         out.extend_from_slice(b"Transfer-Encoding: chunked\r\n");
     }
-    if !framing.keep_alive {
+    if version == Version::Http2 {
+        // No connection-specific fields: one stream ending is not the connection's.
+    } else if !framing.keep_alive {
         out.extend_from_slice(b"Connection: close\r\n");
     } else if version == Version::Http10 {
         out.extend_from_slice(b"Connection: Keep-Alive\r\n");

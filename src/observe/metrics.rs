@@ -34,9 +34,11 @@ pub enum Counter {
     SlowRequests,
     RequestTimeouts,
     AccessLogDropped,
+    Http2Connections,
+    Http2Floods,
 }
 
-const COUNTERS: usize = 9;
+const COUNTERS: usize = 11;
 
 /// Per-worker gauges (zeroed by the supervisor when the worker is gone).
 #[derive(Clone, Copy, Debug)]
@@ -489,6 +491,16 @@ fn render_counters(r: &Region, out: &mut String) {
             "tapster_access_log_dropped_total",
             Counter::AccessLogDropped,
             "Access-log lines dropped because the log could not keep up.",
+        ),
+        (
+            "tapster_http2_connections_total",
+            Counter::Http2Connections,
+            "Connections that spoke HTTP/2 (h2 by ALPN or h2c by prior knowledge).",
+        ),
+        (
+            "tapster_http2_floods_total",
+            Counter::Http2Floods,
+            "HTTP/2 connections closed with ENHANCE_YOUR_CALM for flooding.",
         ),
     ];
     for (name, counter, help) in simple {

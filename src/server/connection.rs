@@ -12,45 +12,22 @@ use std::pin::Pin;
 
 use tokio::time::{sleep_until, timeout_at, Sleep};
 
-use super::budget::Budgets;
 use super::conn_info::ConnInfo;
-use super::dispatch::{Dispatcher, EventLog, LogLevel, Request};
+use super::dispatch::LogLevel;
+use super::http2;
 use super::proxy_header;
-use super::responder::{Completion, OutputLimits, Responder, Step};
-use super::shutdown::{first_request_deadline, Shutdown, ShutdownSignal};
+use super::responder::{Completion, Responder, Step};
+use super::shared::{hand_over, Exchange, Shared, StateGauge};
+use super::shutdown::{first_request_deadline, Shutdown};
 use super::socket::{Conn, ReadBuf};
 use super::spool::{Body, BodySpool};
-use super::static_files::{self, Route, StaticFiles};
-use super::tls::Acceptor;
-use super::tracking::{Observer, PageFacts};
-use crate::config::Config;
-use crate::http::request::{HeadLimits, HeadParser, RequestHead, Version};
+use super::tracking::PageFacts;
+use crate::http::h2_guard::PREFACE;
+use crate::http::request::{HeadParser, RequestHead, Version};
 use crate::http::response::{error_page, protocol_error_page, CONTINUE};
 use crate::http::{BodyDecoder, ErrorKind, HttpError};
 use crate::observe::access_format::Outcome;
 use crate::observe::metrics::{self, ConnState};
-use crate::observe::Handler;
-
-/// State shared by every connection of one server.
-pub struct Shared {
-    pub config: Config,
-    pub head_limits: HeadLimits,
-    pub output_limits: OutputLimits,
-    pub dispatcher: Arc<dyn Dispatcher>,
-    pub log: Arc<dyn EventLog>,
-    /// Set once when the server starts shutting down.
-    pub shutdown: Arc<ShutdownSignal>,
-    /// What all connections together may hold in memory and temporary files.
-    pub budgets: Arc<Budgets>,
-    /// Where PROXY-protocol refusals are logged (rate-limited).
-    pub refusals: proxy_header::Refusals,
-    /// Hears of every finished request (metrics, access log).
-    pub observer: Arc<Observer>,
-    /// The `static` mounts, if any.
-    pub statics: Option<StaticFiles>,
-    /// The TLS sessions' maker, when some listener speaks TLS.
-    pub tls: Option<Arc<Acceptor>>,
-}
 
 /// A connection's read buffer starts this small (most request heads fit) and grows to
 /// `recv_bytes` only when needed, so idle keep-alive connections cost little memory.
@@ -91,6 +68,8 @@ enum End {
     /// A response announced `Connection: close` (or an error page was sent): close
     /// gracefully, letting the client read everything.
     AfterResponse,
+    /// The client opened with the HTTP/2 preface (h2c by prior knowledge).
+    Http2,
 }
 
 pub async fn serve(conn: Arc<Conn>, info: Arc<ConnInfo>, shared: Arc<Shared>) {
@@ -114,6 +93,9 @@ pub async fn serve(conn: Arc<Conn>, info: Arc<ConnInfo>, shared: Arc<Shared>) {
         conn.shutdown_both();
         return;
     };
+    if info.tls.as_ref().is_some_and(|tls| tls.h2) {
+        return http2::serve(conn, info, shared, rbuf, shutdown, accepted).await;
+    }
     let state = StateGauge::new();
     let mut session = Session {
         conn,
@@ -140,6 +122,19 @@ pub async fn serve(conn: Arc<Conn>, info: Arc<ConnInfo>, shared: Arc<Shared>) {
             let _ = timeout_at(deadline, session.conn.discard_input(LINGER_BYTES)).await;
         }
         End::Quiet => session.conn.shutdown_both(),
+        End::Http2 => {
+            let Session {
+                conn,
+                info,
+                shared,
+                rbuf,
+                shutdown,
+                state,
+                ..
+            } = session;
+            drop(state);
+            http2::serve(conn, info, shared, rbuf, shutdown, accepted).await;
+        }
     }
 }
 
@@ -214,34 +209,19 @@ struct Session {
     state: StateGauge,
 }
 
-/// The connection's place in `tapster_connections{state}`; leaves it when dropped.
-struct StateGauge(ConnState);
-
-impl StateGauge {
-    fn new() -> StateGauge {
-        metrics::connection_moved(None, Some(ConnState::Idle));
-        StateGauge(ConnState::Idle)
-    }
-
-    fn set(&mut self, to: ConnState) {
-        if self.0 != to {
-            metrics::connection_moved(Some(self.0), Some(to));
-            self.0 = to;
-        }
-    }
-}
-
-impl Drop for StateGauge {
-    fn drop(&mut self) {
-        metrics::connection_moved(Some(self.0), None);
-    }
-}
-
 /// Whether the connection has had a request yet (see `FIRST_REQUEST_GRACE`).
 #[derive(Clone, Copy)]
 enum Stage {
     Fresh { accepted: Instant },
     Served,
+}
+
+/// What the first bytes of a cleartext connection say of HTTP/2.
+enum Preface {
+    Absent,
+    /// The start of the preface so far.
+    Partial,
+    Present,
 }
 
 /// Why no request head came.
@@ -250,6 +230,8 @@ enum NoRequest {
     Refuse(HttpError),
     /// Nothing to answer (the client left, the connection idled out, shutdown).
     Close,
+    /// The connection opened with the HTTP/2 preface.
+    Http2,
 }
 
 /// How waiting for a response ended.
@@ -276,6 +258,7 @@ impl Session {
                 Ok(head) => head,
                 Err(NoRequest::Refuse(err)) => return self.reject(None, &err).await,
                 Err(NoRequest::Close) => return End::Quiet,
+                Err(NoRequest::Http2) => return End::Http2,
             };
             let body = match self.read_body(&head).await {
                 Ok(body) => body,
@@ -298,37 +281,24 @@ impl Session {
                 }
                 Err(BodyFailure::Closed) => return End::Quiet,
             };
-            let route = self.route(&head);
-            let handler = match route {
-                Route::Application => Handler::Application,
-                Route::Answer(_) => Handler::Static,
-            };
-            let mut responder = Responder::new(
+            let responder = Responder::new(
                 self.conn.clone(),
                 self.shared.output_limits,
                 self.shared.budgets.clone(),
             );
-            let observer = &self.shared.observer;
-            if observer.active() {
-                let tracked = observer.begin(&head, &self.info, self.request_started, handler);
-                responder = responder.tracked(observer.clone(), tracked);
-            }
-            let responder = Arc::new(responder);
             self.state.set(ConnState::Responding);
-            match route {
-                Route::Application => self.shared.dispatcher.dispatch(Request {
+            let keep_alive = head.keep_alive && !self.shutdown.is_closing();
+            let responder = hand_over(
+                &self.shared,
+                &self.info,
+                responder,
+                Exchange {
                     head,
                     body,
-                    conn: self.info.clone(),
-                    responder: responder.clone(),
-                }),
-                Route::Answer(mut answer) => {
-                    if let Some(problem) = answer.problem.take() {
-                        self.shared.log.log(LogLevel::Error, problem);
-                    }
-                    static_files::send(&responder, answer);
-                }
-            }
+                    started: self.request_started,
+                    keep_alive,
+                },
+            );
             // If this task is dropped mid-response (the runtime stopping at the end of
             // a shutdown), the response fails: a parked iterator is resumed only to be
             // closed, and nothing waits for this connection any more.
@@ -355,23 +325,29 @@ impl Session {
         }
     }
 
-    /// Whether a static mount answers this request (never for one the application must
-    /// see: no mounts, or not under one).
-    fn route(&self, head: &RequestHead) -> Route {
-        match &self.shared.statics {
-            Some(statics) => statics.route(
-                head,
-                head.keep_alive && !self.shutdown.is_closing(),
-                self.shared.config.ident.as_deref(),
-            ),
-            None => Route::Application,
-        }
-    }
-
     /// Reads until one request head is parsed.
     async fn read_head(&mut self) -> Result<RequestHead, NoRequest> {
         let mut head_started: Option<Instant> = None;
         loop {
+            match self.sniff_preface() {
+                Preface::Absent => {}
+                Preface::Present => return Err(NoRequest::Http2),
+                Preface::Partial => {
+                    // Not parsed yet: the first 18 bytes of the preface look like a head.
+                    if self
+                        .read_more(
+                            PREFACE.len(),
+                            false,
+                            Some(self.request_started + self.shared.config.header_timeout),
+                        )
+                        .await
+                        .is_err()
+                    {
+                        return Err(NoRequest::Close);
+                    }
+                    continue;
+                }
+            }
             match self.parser.parse(&mut self.rbuf, &self.shared.head_limits) {
                 Ok(Some(head)) => {
                     self.stage = Stage::Served;
@@ -431,6 +407,26 @@ impl Session {
                     return Err(NoRequest::Close);
                 }
             }
+        }
+    }
+
+    /// With `http2` on a cleartext connection that has had no request yet: whether what
+    /// it sent so far is the HTTP/2 preface (h2c by prior knowledge).
+    fn sniff_preface(&self) -> Preface {
+        if !self.shared.config.http2.enabled
+            || self.conn.is_tls()
+            || !matches!(self.stage, Stage::Fresh { .. })
+            || self.rbuf.is_empty()
+        {
+            return Preface::Absent;
+        }
+        let n = self.rbuf.len().min(PREFACE.len());
+        if self.rbuf[..n] != PREFACE[..n] {
+            Preface::Absent
+        } else if n == PREFACE.len() {
+            Preface::Present
+        } else {
+            Preface::Partial
         }
     }
 
@@ -781,12 +777,16 @@ mod tests {
     //! shutdown of an idle connection.
 
     use super::*;
-    use crate::config::ProxyProtocol;
+    use crate::config::{Config, ProxyProtocol};
     use crate::proxy::TrustedPeers;
     use crate::server::budget::Budgets;
     use crate::server::conn_info::ClientTransport;
+    use crate::server::dispatch::{Dispatcher, Request};
+    use crate::server::responder::OutputLimits;
     use crate::server::responder::{Delivery, Part};
+    use crate::server::shutdown::ShutdownSignal;
     use crate::server::shutdown::FIRST_REQUEST_GRACE;
+    use crate::server::tracking::Observer;
     use crate::test_support::{block_on as run, Quiet};
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Mutex;

@@ -14,12 +14,13 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::budget::Budgets;
 use super::conn_info::{ConnInfo, ListenerInfo, ListenerKind, Peer, Security};
-use super::connection::{self, Shared};
+use super::connection;
 use super::dispatch::{Dispatcher, EventLog, LogLevel};
 use super::exclusive::ExclusiveGate;
 use super::proxy_header::Refusals;
 use super::ratelimit::{suppressed_note, RateLimit, Verdict};
 use super::responder::OutputLimits;
+use super::shared::Shared;
 use super::shutdown::{Shutdown, ShutdownSignal};
 use super::socket::{register, Conn};
 use super::static_files::StaticFiles;

@@ -234,6 +234,18 @@ pub struct Responder<S: Sink = Conn> {
     observer: Option<Arc<Observer>>,
     /// Bytes written to the socket for this response (head included).
     sent: AtomicU64,
+    /// Whether the producer may write to the socket itself.
+    writes: Writes,
+}
+
+/// Who may write a response's bytes to the socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Writes {
+    /// The producer, when nothing is queued (`Delivery::Direct`), or the connection task.
+    Direct,
+    /// Only the consumer: the bytes are not the socket's as they are (an HTTP/2
+    /// stream's are translated into frames by its task).
+    ConsumerOnly,
 }
 
 /// Gathering buffers start at this size and stop growing at `GATHER_MAX`.
@@ -285,7 +297,20 @@ impl<S: Sink> Responder<S> {
             room: Condvar::new(),
             observer: None,
             sent: AtomicU64::new(0),
+            writes: Writes::Direct,
         }
+    }
+
+    /// Everything goes through the consumer (`next_step`), never straight to the
+    /// socket: for a response the consumer translates (an HTTP/2 stream).
+    pub fn consumer_only(mut self) -> Responder<S> {
+        self.writes = Writes::ConsumerOnly;
+        self
+    }
+
+    /// A consumer that writes by other means than `write_batch` counts what it sent.
+    pub fn count_sent(&self, n: u64) {
+        self.sent.fetch_add(n, Ordering::Relaxed);
     }
 
     /// Follows `tracked` to the response's end, and reports it to `observer`.
@@ -408,7 +433,11 @@ impl<S: Sink> Responder<S> {
             return Ok(());
         }
         let mut skip = 0usize;
-        if delivery == Delivery::Direct && inner.queue.is_empty() && inner.writer == Writer::Idle {
+        if delivery == Delivery::Direct
+            && self.writes == Writes::Direct
+            && inner.queue.is_empty()
+            && inner.writer == Writer::Idle
+        {
             inner.writer = Writer::Producer;
             drop(inner);
             let mut slices: SmallVec<[IoSlice<'_>; 8]> = SmallVec::new();

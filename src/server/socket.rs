@@ -360,6 +360,94 @@ impl Conn {
     }
 }
 
+/// The poll forms of writing, for a protocol library that drives the socket itself
+/// (the `h2` crate, through `server/h2_io.rs`): the connection task is their only caller.
+impl Conn {
+    /// Writes part of `bufs` (plaintext: under TLS, encrypted into the session once its
+    /// earlier records are out, so at most `TLS_SEND_CHUNK` wait in it).
+    pub fn poll_send(&self, cx: &mut Context<'_>, bufs: &[IoSlice<'_>]) -> Poll<io::Result<usize>> {
+        if let Transport::Tls(session) = &self.transport {
+            std::task::ready!(self.poll_write_records(cx, session))?;
+            let mut s = lock(session);
+            let mut taken = 0;
+            for b in bufs {
+                let want = b.len().min(TLS_SEND_CHUNK - taken);
+                if want == 0 {
+                    continue;
+                }
+                let n = s.writer().write(&b[..want])?;
+                taken += n;
+                if n < want || taken == TLS_SEND_CHUNK {
+                    break;
+                }
+            }
+            let _ = self.write_records_now(&mut s);
+            return Poll::Ready(Ok(taken));
+        }
+        loop {
+            let mut guard = match self.io.poll_write_ready(cx) {
+                Poll::Ready(guard) => guard?,
+                Poll::Pending => return Poll::Pending,
+            };
+            match guard.try_io(|io| loop {
+                match io.get_ref().send_vectored_with_flags(bufs, SEND_FLAGS) {
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    other => return other,
+                }
+            }) {
+                Ok(result) => {
+                    if let Ok(n) = result {
+                        self.count(Counter::BytesSent, n);
+                    }
+                    return Poll::Ready(result);
+                }
+                Err(_would_block) => continue,
+            }
+        }
+    }
+
+    /// Writes out what the TLS session holds (nothing to do in cleartext).
+    pub fn poll_flush(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match &self.transport {
+            Transport::Tls(session) => self.poll_write_records(cx, session),
+            Transport::Plain => Poll::Ready(Ok(())),
+        }
+    }
+
+    /// Ends the sending side: close_notify under TLS (written out first), then FIN.
+    pub fn poll_close(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if let Transport::Tls(session) = &self.transport {
+            lock(session).send_close_notify();
+            std::task::ready!(self.poll_write_records(cx, session))?;
+        }
+        let _ = self.io.get_ref().shutdown(Shutdown::Write);
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_write_records(
+        &self,
+        cx: &mut Context<'_>,
+        session: &Mutex<ServerConnection>,
+    ) -> Poll<io::Result<()>> {
+        loop {
+            if !lock(session).wants_write() {
+                return Poll::Ready(Ok(()));
+            }
+            let mut guard = match self.io.poll_write_ready(cx) {
+                Poll::Ready(guard) => guard?,
+                Poll::Pending => return Poll::Pending,
+            };
+            match guard.try_io(|io| lock(session).write_tls(&mut SocketIo(io.get_ref()))) {
+                Ok(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                Ok(Ok(n)) => self.count(Counter::BytesSent, n),
+                Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {}
+                Ok(Err(e)) => return Poll::Ready(Err(e)),
+                Err(_would_block) => {}
+            }
+        }
+    }
+}
+
 /// The TLS side of a connection: the handshake, and reads and writes through the session.
 impl Conn {
     /// Runs the TLS handshake of a TLS connection (`Ok(None)` for a plain one). `early`

@@ -14,8 +14,9 @@ use rustls::{RootCertStore, ServerConfig, ServerConnection};
 use super::cert_subject;
 use crate::config::{ClientCertificates, TlsConfig, TlsVersion};
 
-/// The ALPN protocols offered, most preferred first.
+/// The ALPN protocols offered, most preferred first (`h2` before them with `http2`).
 const ALPN: &[&[u8]] = &[b"http/1.1", b"http/1.0"];
+pub const ALPN_H2: &[u8] = b"h2";
 
 /// Makes the TLS sessions of accepted connections.
 pub struct Acceptor {
@@ -62,6 +63,8 @@ pub struct TlsInfo {
     /// The client certificate's subject, RFC 4514 (`SSL_CLIENT_S_DN`), when the client
     /// sent one (rustls verified it against `ca_certs` before the handshake finished).
     pub client_subject: Option<String>,
+    /// The client and server agreed on HTTP/2 by ALPN.
+    pub h2: bool,
 }
 
 impl TlsInfo {
@@ -76,7 +79,9 @@ impl TlsInfo {
             .negotiated_cipher_suite()
             .and_then(|suite| suite.suite().as_str())
             .unwrap_or("unknown")
-            .to_owned();
+            // rustls spells the TLS 1.3 suites `TLS13_...`; IANA (and SSL_CIPHER in
+            // Apache and nginx) `TLS_...`.
+            .replacen("TLS13_", "TLS_", 1);
         let client_subject = session
             .peer_certificates()
             .and_then(|chain| chain.first())
@@ -86,6 +91,7 @@ impl TlsInfo {
             protocol,
             cipher,
             client_subject,
+            h2: session.alpn_protocol() == Some(ALPN_H2),
         }
     }
 }
@@ -136,7 +142,13 @@ fn server_config(settings: &TlsConfig) -> Result<ServerConfig, String> {
             settings.certfile.display()
         )
     })?;
-    config.alpn_protocols = ALPN.iter().map(|p| p.to_vec()).collect();
+    config.alpn_protocols = settings
+        .http2
+        .then_some(ALPN_H2)
+        .into_iter()
+        .chain(ALPN.iter().copied())
+        .map(<[u8]>::to_vec)
+        .collect();
     // The client's order of cipher suites is not a reason to pick a weaker one.
     config.ignore_client_order = true;
     Ok(config)
@@ -181,6 +193,7 @@ mod tests {
             keyfile: keyfile.map(Path::to_owned),
             clients: ClientCertificates::NotAsked,
             min_version: TlsVersion::Tls12,
+            http2: false,
         }
     }
 

@@ -130,6 +130,7 @@ pub struct EnvironTemplate {
     base: Py<PyDict>,
     http10: Py<PyString>,
     http11: Py<PyString>,
+    http2: Py<PyString>,
     localhost: Py<PyString>,
     none_str: Py<PyString>,
     /// `wsgi.url_scheme` of a connection that came over TLS to a load balancer.
@@ -229,6 +230,7 @@ impl EnvironTemplate {
             base: base.unbind(),
             http10: PyString::intern(py, "HTTP/1.0").unbind(),
             http11: PyString::intern(py, "HTTP/1.1").unbind(),
+            http2: PyString::intern(py, "HTTP/2").unbind(),
             localhost: PyString::intern(py, "localhost").unbind(),
             none_str: PyString::intern(py, "None").unbind(),
             https: PyString::intern(py, "https").unbind(),
@@ -386,6 +388,7 @@ impl EnvironTemplate {
         let protocol = match head.version {
             Version::Http10 => &self.http10,
             Version::Http11 => &self.http11,
+            Version::Http2 => &self.http2,
         };
         env.set_item(&k.server_protocol, protocol.bind(py))?;
         env.set_item(&k.remote_addr, conn.remote_addr.bind(py))?;

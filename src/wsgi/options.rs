@@ -12,7 +12,8 @@ use pyo3::types::PyDict;
 
 use super::WsgiConfig;
 use crate::config::{
-    AccessLogTarget, Config, ProxyProtocol, StaticConfig, StaticMount, StaticOpen, TlsConfig,
+    AccessLogTarget, Config, Http2Config, ProxyProtocol, StaticConfig, StaticMount, StaticOpen,
+    TlsConfig,
 };
 use crate::observe::access_format::Format;
 use crate::proxy::{self, ProxyConfig, TrustedPeers};
@@ -58,6 +59,10 @@ pub const ENGINE_OPTIONS: &[&str] = &[
     "ca_certs",
     "cert_reqs",
     "tls_min_version",
+    "http2",
+    "h2_max_concurrent_streams",
+    "h2_initial_window_size",
+    "h2_connection_window_size",
     "url_scheme",
     "url_prefix",
     "server_name",
@@ -201,6 +206,8 @@ fn tls(o: &Bound<'_, PyDict>) -> PyResult<Option<TlsConfig>> {
         &min_version,
     )
     .map_err(PyValueError::new_err)?;
+    let http2: bool = required(o, "http2")?;
+    let tls = tls.map(|settings| TlsConfig { http2, ..settings });
     if let Some(settings) = &tls {
         Acceptor::new(settings).map_err(PyValueError::new_err)?;
     }
@@ -238,6 +245,12 @@ fn engine_config(o: &Bound<'_, PyDict>) -> PyResult<Config> {
         request_timeout: seconds_or_off(o, "request_timeout")?,
         statics: statics(o)?,
         tls: tls(o)?,
+        http2: Http2Config {
+            enabled: required(o, "http2")?,
+            max_concurrent_streams: required(o, "h2_max_concurrent_streams")?,
+            stream_window: required(o, "h2_initial_window_size")?,
+            connection_window: required(o, "h2_connection_window_size")?,
+        },
     };
     config.validate().map_err(PyValueError::new_err)?;
     Ok(config)
