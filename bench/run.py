@@ -95,6 +95,7 @@ class Scenario:
     baseline: str | None = None  # the scenario this one adds a feature to: its cost is reported against it
     static: bool = False  # a file under STATIC served by each server's own static files (no WSGI app for Tapster)
     tls: bool = False  # HTTPS with the same certificate (TLS_CERT) for every server that has TLS
+    h2: int = 0  # above 0: HTTP/2 by prior knowledge (h2c), h2load with this many streams per connection
 
     @property
     def ratio_base(self) -> str:
@@ -120,6 +121,7 @@ SCENARIOS = [
     Scenario("hello-c64-access-log", "hello", 64, observe="access_log", baseline="hello-c64"),
     Scenario("hello-c64-metrics", "hello", 64, observe="metrics", baseline="hello-c64"),
     Scenario("hello-c64-tls", "hello", 64, nginx_path="/", tls=True),
+    Scenario("hello-h2-c4x16", "hello", 4, h2=16),
     Scenario("echo-64k", "echo", 16, lua="post64k.lua"),
     Scenario("stream-100x1k", "stream", 16),
     Scenario("file-1m", "file_1m", 16, nginx_path="/files/1m.bin", is_file=True),
@@ -181,6 +183,8 @@ def tapster_cmd(s: Scenario, port: int) -> list[str]:
         cmd += ["--static", f"/static={STATIC}"]
     if s.tls:
         cmd += [f"--certfile={TLS_CERT}", f"--keyfile={TLS_KEY}"]
+    if s.h2:
+        cmd.append("--http2")
     return cmd + TAPSTER_ARGS + [f"apps:{s.app}"]
 
 
@@ -230,6 +234,8 @@ def granian_cmd(s: Scenario, port: int) -> list[str]:
         cmd += ["--static-path-mount", STATIC, "--static-path-route", "/static"]
     if s.tls:
         cmd += ["--ssl-certificate", TLS_CERT, "--ssl-keyfile", TLS_KEY]
+    if s.h2:
+        cmd += ["--http", "2"]
     return cmd + [f"apps:{s.app}"]
 
 
@@ -295,17 +301,17 @@ def plain(s: Scenario) -> bool:
 def app_only(s: Scenario) -> bool:
     """Waitress, Gunicorn, bjoern and Pyruvate have no static files of their own: they sit
     out the static-* scenarios (and all but Gunicorn have no TLS)."""
-    return plain(s) and not s.static and not s.tls
+    return plain(s) and not s.static and not s.tls and not s.h2
 
 
 SERVERS = [
     Server("tapster", tapster_cmd, "tapster"),
     Server("waitress", waitress_cmd, "waitress", supports=app_only),
-    Server("gunicorn", gunicorn_cmd, "gunicorn", supports=lambda s: not s.static and (s.workers > 1 or plain_or_logged(s))),
+    Server("gunicorn", gunicorn_cmd, "gunicorn", supports=lambda s: not s.static and not s.h2 and (s.workers > 1 or plain_or_logged(s))),
     Server("granian", granian_cmd, "granian", supports=lambda s: s.workers > 1 or plain_or_logged(s)),
     Server("bjoern", bjoern_cmd, "bjoern", supports=app_only),
     Server("pyruvate", pyruvate_cmd, "pyruvate", supports=app_only),
-    Server("nginx", nginx_cmd, None, supports=lambda s: s.nginx_path is not None and plain(s)),
+    Server("nginx", nginx_cmd, None, supports=lambda s: s.nginx_path is not None and plain(s) and not s.h2),
     Server("whitenoise", whitenoise_cmd, "whitenoise", supports=lambda s: s.static and plain(s), label="tapster+whitenoise"),
     Server(
         "gunicorn-whitenoise", gunicorn_whitenoise_cmd, "whitenoise",
@@ -321,7 +327,7 @@ def install_tools() -> dict[str, str]:
     """Installs wrk, nginx and the peers; returns {name: problem} for what failed."""
     problems: dict[str, str] = {}
     ensure = os.path.join(ROOT, "scripts", "ensure-packages")
-    result = subprocess.run([ensure, "wrk", "nginx-light", "libev-dev", "openssl"], capture_output=True, text=True)
+    result = subprocess.run([ensure, "wrk", "nginx-light", "libev-dev", "openssl", "nghttp2-client", "curl"], capture_output=True, text=True)
     if result.returncode != 0:
         problems["debian"] = result.stderr.strip() or result.stdout.strip()
     for dist in ("waitress", "gunicorn", "granian", "bjoern", "pyruvate", "whitenoise"):
@@ -476,7 +482,7 @@ def running(server: Server, scenario: Scenario, port: int, cpu_loops: int) -> It
     proc = subprocess.Popen(cmd, cwd=HERE, env=env, stdout=log, stderr=log, start_new_session=True)
     try:
         try:
-            wait_ready(proc, port, scenario.path_for(server.name), scenario.tls)
+            wait_ready(proc, port, scenario.path_for(server.name), scenario.tls, bool(scenario.h2))
         except RuntimeError as exc:
             # What the server said about it, e.g. an option it does not know yet.
             log.seek(0)
@@ -495,11 +501,17 @@ def running(server: Server, scenario: Scenario, port: int, cpu_loops: int) -> It
         log.close()
 
 
-def wait_ready(proc: subprocess.Popen[bytes], port: int, path: str, tls: bool = False) -> None:
+def wait_ready(proc: subprocess.Popen[bytes], port: int, path: str, tls: bool = False, h2: bool = False) -> None:
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"server exited with status {proc.returncode}")
+        if h2:
+            probe = subprocess.run(["curl", "-sf", "--http2-prior-knowledge", "-o", "/dev/null", f"http://127.0.0.1:{port}{path}"])
+            if probe.returncode == 0:
+                return
+            time.sleep(0.1)
+            continue
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=1) as raw:
                 s = ssl._create_unverified_context().wrap_socket(raw) if tls else raw
@@ -535,6 +547,32 @@ def wrk(url: str, connections: int, seconds: float, lua: str | None, cpus: str =
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     result["non_2xx"] = float(non2xx.group(1)) if non2xx else 0.0
     return result
+
+
+def h2load(url: str, connections: int, streams: int, seconds: float, cpus: str = CLIENT_CPU) -> dict[str, float]:
+    """h2load (one thread) with `streams` concurrent streams on each connection, for
+    `seconds`; the same figures as `wrk` gives (h2load reports no percentiles)."""
+    cmd = ["taskset", "-c", cpus, "h2load", "-t1", f"-c{connections}", f"-m{streams}", f"-D{max(1, round(seconds))}", url]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60).stdout
+    done = re.search(r"requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, (\d+) failed, (\d+) errored, (\d+) timeout", out)
+    rps = re.search(r"finished in ([\d.]+)s, ([\d.]+) req/s", out)
+    traffic = re.search(r"traffic: \S+ \((\d+)\) total", out)
+    codes = re.search(r"status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", out)
+    if not (done and rps and traffic and codes):
+        raise RuntimeError(f"could not parse h2load output:\n{out}")
+    return {
+        "requests": float(done.group(4)),
+        "bytes": float(traffic.group(1)),
+        "rps": float(rps.group(2)),
+        "socket_errors": float(int(done.group(5)) + int(done.group(6)) + int(done.group(7))),
+        "non_2xx": float(int(codes.group(2)) + int(codes.group(3)) + int(codes.group(4))),
+    }
+
+
+def load(scenario: Scenario, url: str, seconds: float) -> dict[str, float]:
+    if scenario.h2:
+        return h2load(url, scenario.connections, scenario.h2, seconds, scenario.client_cpus)
+    return wrk(url, scenario.connections, seconds, scenario.lua, scenario.client_cpus)
 
 
 @contextlib.contextmanager
@@ -593,11 +631,11 @@ def measure(server: Server, scenario: Scenario, seconds: float, warmup: float, c
     with running(server, scenario, port, cpu_loops) as proc:
         rss = PeakRss(proc.pid)
         with slow_clients(port, scenario.slow_clients), scraper(scenario):
-            wrk(url, scenario.connections, warmup, scenario.lua, scenario.client_cpus)
+            load(scenario, url, warmup)
             cpu_before = cpu_seconds(proc.pid)
             workers_before = cpu_by_worker(proc.pid)
             machine_before, client_before = machine_busy_seconds(), children_cpu_seconds()
-            result = wrk(url, scenario.connections, seconds, scenario.lua, scenario.client_cpus)
+            result = load(scenario, url, seconds)
             machine, client = machine_busy_seconds() - machine_before, children_cpu_seconds() - client_before
             cpu = cpu_seconds(proc.pid) - cpu_before
             workers_after = cpu_by_worker(proc.pid)
@@ -634,7 +672,7 @@ def measure(server: Server, scenario: Scenario, seconds: float, warmup: float, c
         record["worker_cpu_s"] = sorted(
             (round(after - workers_before.get(child, 0.0), 2) for child, after in workers_after.items()), reverse=True
         )
-    if not requests:
+    if not requests or scenario.h2:
         record["p50_ms"] = record["p99_ms"] = None
     log_file = access_log_path(server.name)
     if scenario.observe == "access_log" and os.path.exists(log_file):

@@ -155,6 +155,16 @@ async fn drive(
                     };
                     tokio::spawn(stream.run(request, respond));
                 }
+                Some(Err(err)) if err.reason() == Some(Reason::ENHANCE_YOUR_CALM) => {
+                    // h2's own limits (streams reset before they were accepted, streams
+                    // it reset for errors, CONTINUATION frames): a flood too.
+                    metrics::count(Counter::Http2Floods, 1);
+                    shared.log.log(
+                        LogLevel::Warning,
+                        format!("HTTP/2 connection from {} closed: a flood ({err})", info.peer),
+                    );
+                    return;
+                }
                 Some(Err(err)) => {
                     if !err.is_io() || shared.config.log_socket_errors {
                         debug(shared, format!("HTTP/2 connection from {} ended: {err}", info.peer));
