@@ -70,7 +70,7 @@ rust-test: | check
 TLS_SUITES = tests/test_wsgi.py tests/test_framing.py tests/test_file_wrapper.py tests/test_conformance.py tests/test_reliability.py
 
 py-test: $(DEV_VENV)/.test-deps
-	./scripts/ensure-packages curl haproxy nginx prometheus openssl
+	./scripts/ensure-packages curl haproxy nginx prometheus openssl nghttp2-client
 	$(MAKE) build
 	$(PY) -m pytest -q tests
 	@echo "the WSGI behaviour suites again, over TLS:"
