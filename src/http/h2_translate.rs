@@ -113,15 +113,17 @@ pub struct ResponseHead {
 impl ResponseHead {
     /// Name and value of every field an HTTP/2 response may carry, in order.
     pub fn fields(&self) -> impl Iterator<Item = (&[u8], &[u8])> + '_ {
-        self.fields
-            .split(|&b| b == b'\n')
-            .filter_map(|line| {
-                let line = line.strip_suffix(b"\r").unwrap_or(line);
-                let colon = line.iter().position(|&b| b == b':')?;
-                Some((&line[..colon], trim_ows(&line[colon + 1..])))
-            })
-            .filter(|(name, _)| !is_connection_specific(name))
+        field_lines(&self.fields).filter(|(name, _)| !is_connection_specific(name))
     }
+}
+
+/// Name and value of each `Name: value` line of a serialized header block.
+fn field_lines(block: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> + '_ {
+    block.split(|&b| b == b'\n').filter_map(|line| {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let colon = line.iter().position(|&b| b == b':')?;
+        Some((&line[..colon], trim_ows(&line[colon + 1..])))
+    })
 }
 
 /// A piece of the response as HTTP/2 sends it.
@@ -244,11 +246,7 @@ impl ResponseReader {
 /// How the body after `head` is framed (`None`: until the response ends).
 fn body_framing(head: &ResponseHead) -> Result<Option<BodyFraming>, HttpError> {
     let mut framing = None;
-    for (name, value) in head.fields.split(|&b| b == b'\n').filter_map(|line| {
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
-        let colon = line.iter().position(|&b| b == b':')?;
-        Some((&line[..colon], trim_ows(&line[colon + 1..])))
-    }) {
+    for (name, value) in field_lines(&head.fields) {
         if name.eq_ignore_ascii_case(b"transfer-encoding") {
             if !value.eq_ignore_ascii_case(b"chunked") {
                 return Err(bad_response("transfer coding other than chunked"));

@@ -5,7 +5,7 @@
 
 use std::io;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::{Buf, BytesMut};
 use std::pin::Pin;
@@ -17,7 +17,7 @@ use super::dispatch::LogLevel;
 use super::http2;
 use super::proxy_header;
 use super::responder::{Completion, Responder, Step};
-use super::shared::{hand_over, Exchange, Shared, StateGauge};
+use super::shared::{body_deadline, hand_over, linger, Exchange, Shared, StateGauge};
 use super::shutdown::{first_request_deadline, Shutdown};
 use super::socket::{Conn, ReadBuf};
 use super::spool::{Body, BodySpool};
@@ -56,10 +56,6 @@ fn read_size(rbuf: &BytesMut, max: usize) -> usize {
 
 /// Body bytes asked of each `recv` while receiving a large body.
 const BODY_READ: usize = 64 * 1024;
-/// After an error or `Connection: close`, how long and how much we keep reading (and
-/// discarding) so the client gets the response instead of a reset.
-const LINGER_TIME: Duration = Duration::from_secs(2);
-const LINGER_BYTES: usize = 1 << 20;
 
 /// Why a connection ends.
 enum End {
@@ -118,8 +114,7 @@ pub async fn serve(conn: Arc<Conn>, info: Arc<ConnInfo>, shared: Arc<Shared>) {
     match end {
         End::AfterResponse => {
             session.conn.shutdown_write();
-            let deadline = tokio::time::Instant::now() + LINGER_TIME;
-            let _ = timeout_at(deadline, session.conn.discard_input(LINGER_BYTES)).await;
+            linger(&session.conn).await;
         }
         End::Quiet => session.conn.shutdown_both(),
         End::Http2 => {
@@ -462,7 +457,7 @@ impl Session {
         }
         let started = Instant::now();
         while !decoder.is_done() {
-            let deadline = self.body_deadline(started, spool.len());
+            let deadline = body_deadline(&self.shared.config, started, spool.len());
             if self.rbuf.is_empty() && self.read_direct(&mut decoder, &mut spool, deadline).await? {
                 continue;
             }
@@ -477,18 +472,6 @@ impl Session {
             self.rbuf = BytesMut::with_capacity(initial);
         }
         spool.finish().map_err(BodyFailure::Storage)
-    }
-
-    /// When the body must have grown past `received` bytes: after a grace period of
-    /// `header_timeout`, it must keep arriving at `min_body_rate` bytes a second on
-    /// average, so a client cannot hold a request open by dribbling its body.
-    fn body_deadline(&self, started: Instant, received: u64) -> Option<Instant> {
-        let config = &self.shared.config;
-        if config.min_body_rate == 0 {
-            return None;
-        }
-        let earned = Duration::from_secs_f64(received as f64 / config.min_body_rate as f64);
-        Some(started + config.header_timeout.max(earned))
     }
 
     fn body_read_failed(&self, stop: ReadStop) -> BodyFailure {
@@ -790,6 +773,7 @@ mod tests {
     use crate::test_support::{block_on as run, Quiet};
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Mutex;
+    use std::time::Duration;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::UnixStream;
 

@@ -24,7 +24,7 @@ use super::conn_info::ConnInfo;
 use super::dispatch::LogLevel;
 use super::h2_io::{H2Io, IoWatch};
 use super::responder::{Chunk, FileSegment, Responder, Step};
-use super::shared::{hand_over, Exchange, Shared, StateGauge};
+use super::shared::{body_deadline, hand_over, linger, Exchange, Shared, StateGauge};
 use super::shutdown::Shutdown;
 use super::socket::Conn;
 use super::spool::{Body, BodySpool};
@@ -46,9 +46,6 @@ const SEND_BUFFER: usize = 64 * 1024;
 const FILE_READ: usize = 64 * 1024;
 /// How long a connection closed for a flood has to take its GOAWAY.
 const GOAWAY_GRACE: Duration = Duration::from_secs(1);
-/// After the last stream of a closing connection, how long its client has to read.
-const LINGER_TIME: Duration = Duration::from_secs(2);
-const LINGER_BYTES: usize = 1 << 20;
 
 /// Serves an HTTP/2 connection to its end. `early`: bytes already read (the preface).
 pub async fn serve(
@@ -96,7 +93,7 @@ pub async fn serve(
         &mut shutdown,
     )
     .await;
-    let _ = timeout(LINGER_TIME, conn.discard_input(LINGER_BYTES)).await;
+    linger(&conn).await;
     conn.shutdown_both();
 }
 
@@ -136,11 +133,7 @@ async fn drive(
             biased;
             _ = watch.flooded.notified() => {
                 let kind = watch.flood().map_or("frames", |f| f.as_str());
-                metrics::count(Counter::Http2Floods, 1);
-                shared.log.log(
-                    LogLevel::Warning,
-                    format!("HTTP/2 connection from {} closed: a flood of {kind}", info.peer),
-                );
+                flooded(shared, info, &format!("of {kind}"));
                 connection.abrupt_shutdown(Reason::ENHANCE_YOUR_CALM);
                 let _ = timeout(GOAWAY_GRACE, poll_fn(|cx| connection.poll_closed(cx))).await;
                 return;
@@ -158,11 +151,7 @@ async fn drive(
                 Some(Err(err)) if err.reason() == Some(Reason::ENHANCE_YOUR_CALM) => {
                     // h2's own limits (streams reset before they were accepted, streams
                     // it reset for errors, CONTINUATION frames): a flood too.
-                    metrics::count(Counter::Http2Floods, 1);
-                    shared.log.log(
-                        LogLevel::Warning,
-                        format!("HTTP/2 connection from {} closed: a flood ({err})", info.peer),
-                    );
+                    flooded(shared, info, &format!("({err})"));
                     return;
                 }
                 Some(Err(err)) => {
@@ -184,6 +173,18 @@ async fn drive(
             }
         }
     }
+}
+
+/// Counts and logs a connection closed for flooding (`what`: with what).
+fn flooded(shared: &Shared, info: &ConnInfo, what: &str) {
+    metrics::count(Counter::Http2Floods, 1);
+    shared.log.log(
+        LogLevel::Warning,
+        format!(
+            "HTTP/2 connection from {} closed: a flood {what}",
+            info.peer
+        ),
+    );
 }
 
 fn debug(shared: &Shared, message: String) {
@@ -258,7 +259,7 @@ impl Stream {
 
     /// The request head, written as HTTP/1.1 and parsed by the HTTP/1.1 rules.
     fn head(&self, parts: &http::request::Parts) -> Result<RequestHead, HttpError> {
-        let mut text = Vec::with_capacity(256);
+        let mut text: Vec<u8> = Vec::with_capacity(256);
         let target = parts
             .uri
             .path_and_query()
@@ -275,7 +276,7 @@ impl Stream {
             authority,
             fields,
         )?;
-        let mut buf = BytesMut::from(&text[..]);
+        let mut buf = BytesMut::from(Bytes::from(text));
         let mut head = HeadParser::new()
             .parse(&mut buf, &self.shared.head_limits)?
             .ok_or_else(|| HttpError::new(ErrorKind::BadRequest, "Incomplete request head"))?;
@@ -321,7 +322,9 @@ impl Stream {
         let started = Instant::now();
         loop {
             let received = spool.len();
-            let deadline = body_deadline(config, started, received);
+            // Without a minimum rate, a body must not pause for `channel_timeout`.
+            let deadline = body_deadline(config, started, received)
+                .unwrap_or_else(|| Instant::now() + config.channel_timeout);
             let data = tokio::select! {
                 data = poll_fn(|cx| recv.poll_data(cx)) => data,
                 _ = sleep_until(deadline.into()) => {
@@ -383,17 +386,6 @@ fn length_mismatch() -> HttpError {
         ErrorKind::BadRequest,
         "The request body does not match its Content-Length",
     )
-}
-
-/// When the next body bytes must have come: after `header_timeout`, the body must keep
-/// arriving at `min_body_rate` on average (as over HTTP/1.1); without a rate, it must
-/// not pause for `channel_timeout`.
-fn body_deadline(config: &crate::config::Config, started: Instant, received: u64) -> Instant {
-    if config.min_body_rate == 0 {
-        return Instant::now() + config.channel_timeout;
-    }
-    let earned = Duration::from_secs_f64(received as f64 / config.min_body_rate as f64);
-    started + config.header_timeout.max(earned)
 }
 
 /// Where a response is on its stream.
@@ -500,15 +492,18 @@ impl Relay {
         self.reader
             .push(bytes, &mut self.pieces)
             .map_err(|_| StreamGone)?;
-        let pieces = std::mem::take(&mut self.pieces);
+        // Taken out while sending (which needs `self`), given back for the next call.
+        let mut pieces = std::mem::take(&mut self.pieces);
         let count = pieces.len();
-        for (i, piece) in pieces.into_iter().enumerate() {
-            let last = i + 1 == count && self.reader.complete();
+        let complete = self.reader.complete();
+        for (i, piece) in pieces.drain(..).enumerate() {
+            let last = i + 1 == count && complete;
             match piece {
                 Piece::Head(head) => self.send_head(head, last)?,
                 Piece::Data(data) => self.send_data(data, last).await?,
             }
         }
+        self.pieces = pieces;
         Ok(())
     }
 

@@ -4,7 +4,7 @@
 //! the access log. It reads and writes no socket.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::budget::Budgets;
 use super::conn_info::ConnInfo;
@@ -12,6 +12,7 @@ use super::dispatch::{Dispatcher, EventLog, LogLevel, Request};
 use super::proxy_header;
 use super::responder::{OutputLimits, Responder};
 use super::shutdown::ShutdownSignal;
+use super::socket::Conn;
 use super::spool::Body;
 use super::static_files::{self, Route, StaticFiles};
 use super::tls::Acceptor;
@@ -120,4 +121,26 @@ pub fn hand_over(
         }
     }
     responder
+}
+
+/// When a request body must have grown past `received` bytes: after a grace period of
+/// `header_timeout`, it must keep arriving at `min_body_rate` bytes a second on
+/// average, so a client cannot hold a request open by dribbling its body (`None`: no
+/// minimum rate).
+pub fn body_deadline(config: &Config, started: Instant, received: u64) -> Option<Instant> {
+    if config.min_body_rate == 0 {
+        return None;
+    }
+    let earned = Duration::from_secs_f64(received as f64 / config.min_body_rate as f64);
+    Some(started + config.header_timeout.max(earned))
+}
+
+/// After the last response of a closing connection, how long and how much we keep
+/// reading (and discarding) so the client gets the response instead of a reset.
+const LINGER_TIME: Duration = Duration::from_secs(2);
+const LINGER_BYTES: usize = 1 << 20;
+
+/// Reads and discards what the client still sends, within `LINGER_TIME`.
+pub async fn linger(conn: &Conn) {
+    let _ = tokio::time::timeout(LINGER_TIME, conn.discard_input(LINGER_BYTES)).await;
 }

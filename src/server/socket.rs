@@ -369,18 +369,7 @@ impl Conn {
         if let Transport::Tls(session) = &self.transport {
             std::task::ready!(self.poll_write_records(cx, session))?;
             let mut s = lock(session);
-            let mut taken = 0;
-            for b in bufs {
-                let want = b.len().min(TLS_SEND_CHUNK - taken);
-                if want == 0 {
-                    continue;
-                }
-                let n = s.writer().write(&b[..want])?;
-                taken += n;
-                if n < want || taken == TLS_SEND_CHUNK {
-                    break;
-                }
-            }
+            let taken = encrypt(&mut s, bufs)?;
             let _ = self.write_records_now(&mut s);
             return Poll::Ready(Ok(taken));
         }
@@ -424,6 +413,7 @@ impl Conn {
         Poll::Ready(Ok(()))
     }
 
+    /// Writes out every TLS record the session holds, waiting for the socket as needed.
     fn poll_write_records(
         &self,
         cx: &mut Context<'_>,
@@ -561,22 +551,7 @@ impl Conn {
         bufs: &[IoSlice<'_>],
     ) -> io::Result<usize> {
         self.write_records(session).await?;
-        let taken = {
-            let mut s = lock(session);
-            let mut taken = 0;
-            for b in bufs {
-                let want = b.len().min(TLS_SEND_CHUNK - taken);
-                if want == 0 {
-                    continue;
-                }
-                let n = s.writer().write(&b[..want])?;
-                taken += n;
-                if n < want || taken == TLS_SEND_CHUNK {
-                    break;
-                }
-            }
-            taken
-        };
+        let taken = encrypt(&mut lock(session), bufs)?;
         self.write_records(session).await?;
         Ok(taken)
     }
@@ -621,19 +596,7 @@ impl Conn {
 
     /// Writes out every TLS record the session holds, waiting for the socket as needed.
     async fn write_records(&self, session: &Mutex<ServerConnection>) -> io::Result<()> {
-        loop {
-            if !lock(session).wants_write() {
-                return Ok(());
-            }
-            let mut guard = self.io.writable().await?;
-            match guard.try_io(|io| lock(session).write_tls(&mut SocketIo(io.get_ref()))) {
-                Ok(Ok(0)) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(Ok(n)) => self.count(Counter::BytesSent, n),
-                Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {}
-                Ok(Err(e)) => return Err(e),
-                Err(_would_block) => {}
-            }
-        }
+        std::future::poll_fn(|cx| self.poll_write_records(cx, session)).await
     }
 
     /// Writes what records the socket takes now, without waiting.
@@ -648,6 +611,23 @@ impl Conn {
         }
         Ok(())
     }
+}
+
+/// Encrypts up to `TLS_SEND_CHUNK` bytes of `bufs` into the session; how many it took.
+fn encrypt(session: &mut ServerConnection, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+    let mut taken = 0;
+    for b in bufs {
+        let want = b.len().min(TLS_SEND_CHUNK - taken);
+        if want == 0 {
+            continue;
+        }
+        let n = session.writer().write(&b[..want])?;
+        taken += n;
+        if n < want || taken == TLS_SEND_CHUNK {
+            break;
+        }
+    }
+    Ok(taken)
 }
 
 fn lock(session: &Mutex<ServerConnection>) -> MutexGuard<'_, ServerConnection> {
