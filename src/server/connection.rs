@@ -17,7 +17,7 @@ use super::dispatch::LogLevel;
 use super::http2;
 use super::proxy_header;
 use super::responder::{Completion, Responder, Step};
-use super::shared::{body_deadline, hand_over, linger, Exchange, Shared, StateGauge};
+use super::shared::{body_deadline, hand_over, linger, Exchange, FailOnDrop, Shared, StateGauge};
 use super::shutdown::{first_request_deadline, Shutdown};
 use super::socket::{Conn, ReadBuf};
 use super::spool::{Body, BodySpool};
@@ -34,14 +34,6 @@ use crate::observe::metrics::{self, ConnState};
 const INITIAL_READ_BUFFER: usize = 2048;
 /// Below this much room, the read buffer grows before the next read.
 const MIN_READ: usize = 512;
-/// Fails a response when dropped; forgotten once the response has run its course.
-struct FailOnDrop<'a>(&'a Responder);
-
-impl Drop for FailOnDrop<'_> {
-    fn drop(&mut self) {
-        self.0.fail();
-    }
-}
 
 /// How much to ask of the next `recv` into `rbuf`: the room the buffer already has
 /// while there is a fair amount of it (no growth); `max` only when it runs short.

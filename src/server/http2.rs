@@ -18,13 +18,14 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use h2::server::{Connection, SendResponse};
 use h2::{Reason, RecvStream, SendStream};
+use tokio::task::JoinSet;
 use tokio::time::{sleep_until, timeout, timeout_at};
 
 use super::conn_info::ConnInfo;
 use super::dispatch::LogLevel;
 use super::h2_io::{H2Io, IoWatch};
 use super::responder::{Chunk, FileSegment, Responder, Step};
-use super::shared::{body_deadline, hand_over, linger, Exchange, Shared, StateGauge};
+use super::shared::{body_deadline, hand_over, linger, Exchange, FailOnDrop, Shared, StateGauge};
 use super::shutdown::Shutdown;
 use super::socket::Conn;
 use super::spool::{Body, BodySpool};
@@ -44,6 +45,8 @@ pub const LOCAL_ERROR_RESETS: usize = 256;
 const SEND_BUFFER: usize = 64 * 1024;
 /// File bytes read at a time for a response under HTTP/2.
 const FILE_READ: usize = 64 * 1024;
+/// Times a stream being cut yields to the connection task before its RST_STREAM.
+const RESET_YIELDS: usize = 4;
 /// How long a connection closed for a flood has to take its GOAWAY.
 const GOAWAY_GRACE: Duration = Duration::from_secs(1);
 
@@ -128,9 +131,13 @@ async fn drive(
     let idle = sleep_until((Instant::now() + idle_every).into());
     tokio::pin!(idle);
     let mut activity_seen = watch.activity();
+    // The streams' tasks: aborted with the connection (dropped at the end of a shutdown,
+    // say), which fails their responses as an HTTP/1.1 connection's end fails its own.
+    let mut streams = JoinSet::new();
     loop {
         tokio::select! {
             biased;
+            Some(_) = streams.join_next(), if !streams.is_empty() => {}
             _ = watch.flooded.notified() => {
                 let kind = watch.flood().map_or("frames", |f| f.as_str());
                 flooded(shared, info, &format!("of {kind}"));
@@ -146,7 +153,7 @@ async fn drive(
                         shared: shared.clone(),
                         started: Instant::now(),
                     };
-                    tokio::spawn(stream.run(request, respond));
+                    streams.spawn(stream.run(request, respond));
                 }
                 Some(Err(err)) if err.reason() == Some(Reason::ENHANCE_YOUR_CALM) => {
                     // h2's own limits (streams reset before they were accepted, streams
@@ -252,7 +259,10 @@ impl Stream {
         let responder = hand_over(&self.shared, &self.info, responder, exchange);
         let stall = self.shared.config.channel_timeout;
         let mut relay = Relay::new(respond, head_request, stall);
-        if relay.run(&responder).await.is_err() {
+        let in_flight = FailOnDrop(&responder);
+        let relayed = relay.run(&responder).await;
+        std::mem::forget(in_flight);
+        if relayed.is_err() {
             responder.fail();
         }
     }
@@ -577,7 +587,17 @@ impl Relay {
                 self.out = Out::Ended;
                 sent.map_err(|_| StreamGone)
             }
-            _ => {
+            Out::Body(_) => {
+                // RST_STREAM drops what h2 still holds of the stream: let the connection
+                // task write the body's last bytes first (best effort: a client whose
+                // window or socket is full loses them, as it would lose the stream).
+                for _ in 0..RESET_YIELDS {
+                    tokio::task::yield_now().await;
+                }
+                self.cancel(Reason::INTERNAL_ERROR);
+                Ok(())
+            }
+            Out::Head(_) => {
                 self.cancel(Reason::INTERNAL_ERROR);
                 Ok(())
             }

@@ -67,6 +67,18 @@ impl Drop for StateGauge {
     }
 }
 
+/// Fails a response when dropped; forgotten once the response has run its course. A
+/// connection's task dropped mid-response (the runtime stopping at the end of a
+/// shutdown) so fails it: a queued request is then never run, and a parked iterator is
+/// resumed only to be closed.
+pub struct FailOnDrop<'a>(pub &'a Responder);
+
+impl Drop for FailOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.fail();
+    }
+}
+
 /// One complete request, as the connection read it.
 pub struct Exchange {
     pub head: RequestHead,
