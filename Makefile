@@ -68,6 +68,9 @@ rust-test: | check
 ## speaks TLS: tests/support.py). The rest test cleartext-only things (half-closed
 ## sockets, PROXY headers, balancers) or TLS itself (tests/test_tls.py).
 TLS_SUITES = tests/test_wsgi.py tests/test_framing.py tests/test_file_wrapper.py tests/test_conformance.py tests/test_reliability.py
+## The suites that also run over HTTP/2 (h2c; tests/h2_bridge.py translates the tests'
+## HTTP/1.1 bytes): those of HTTP/1.1 framing itself stay HTTP/1.1 (or are `http1_only`).
+H2_SUITES = tests/test_wsgi.py tests/test_file_wrapper.py tests/test_reliability.py
 
 py-test: $(DEV_VENV)/.test-deps
 	./scripts/ensure-packages curl haproxy nginx prometheus openssl nghttp2-client
@@ -75,6 +78,8 @@ py-test: $(DEV_VENV)/.test-deps
 	$(PY) -m pytest -q tests
 	@echo "the WSGI behaviour suites again, over TLS:"
 	TAPSTER_TEST_TRANSPORT=tls $(PY) -m pytest -q $(TLS_SUITES)
+	@echo "the WSGI behaviour suites again, over HTTP/2:"
+	TAPSTER_TEST_TRANSPORT=h2 $(PY) -m pytest -q $(H2_SUITES)
 
 ## soak: a few minutes of mixed traffic with memory and descriptors sampled (CI runs it)
 soak: $(DEV_VENV)/.test-deps

@@ -6,7 +6,7 @@ from typing import Iterator
 
 import pytest
 
-from support import ServerProcess
+from support import OVER_H2, ServerProcess
 
 
 @pytest.fixture(scope="module")
@@ -30,3 +30,20 @@ def make_server() -> Iterator:
     yield start
     for srv in started:
         srv.stop()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "http1_only(why): a test of HTTP/1.1 itself (framing, connection handling), skipped "
+        "when the suites run over HTTP/2 (TAPSTER_TEST_TRANSPORT=h2)",
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if not OVER_H2:
+        return
+    for item in items:
+        marker = item.get_closest_marker("http1_only")
+        if marker is not None:
+            item.add_marker(pytest.mark.skip(reason=f"HTTP/1.1 only: {marker.args[0]}"))

@@ -21,6 +21,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from h2_bridge import H2Bridge
 from http_reader import ConnectionClosed, RawConn, Response  # noqa: F401 (re-exported: the tests import them from here)
 
 TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -31,6 +32,15 @@ SERVING = re.compile(r"Serving on https?://(.+):(\d+|/.+)$")
 #: TCP address gets the test certificate, and `connect()` and `url()` speak TLS
 #: (`make test` runs the WSGI behaviour suites both ways).
 OVER_TLS = os.environ.get("TAPSTER_TEST_TRANSPORT", "") == "tls"
+#: `TAPSTER_TEST_TRANSPORT=h2` runs them over HTTP/2 (h2c): every `ServerProcess` on a
+#: TCP address gets `--http2`, and `connect()` speaks HTTP/2 through h2_bridge.py,
+#: translating the tests' HTTP/1.1 bytes. Tests of HTTP/1.1 itself are `http1_only`.
+OVER_H2 = os.environ.get("TAPSTER_TEST_TRANSPORT", "") == "h2"
+#: SERVER_PROTOCOL of the requests the tests send.
+PROTOCOL = "HTTP/2" if OVER_H2 else "HTTP/1.1"
+#: Whether the server's own error pages end the connection: an HTTP/1.1 one closes
+#: after them; over HTTP/2 only the stream ends.
+ERROR_PAGE_CLOSES = not OVER_H2
 
 
 @dataclass(frozen=True)
@@ -196,6 +206,9 @@ class ServerProcess(CapturedProcess):
                 certs = tls_test_files()
                 cmd += [f"--certfile={certs.certfile}", f"--keyfile={certs.keyfile}"]
         self.tls = any(a.startswith("--certfile") for a in cmd) and not (listen or "").startswith("http://")
+        self.h2 = OVER_H2 and listen is not None and not listen.startswith(("fd://", "unix:")) and not self.tls
+        if self.h2 and "--http2" not in args:
+            cmd.append("--http2")
         cmd.append(app)
         super().__init__(cmd, tests_env(env))
         self.host, self.port = self._wait_for_listen()
@@ -248,7 +261,10 @@ class ServerProcess(CapturedProcess):
         return self.proc.returncode
 
     def connect(self, timeout: float = 5.0) -> RawConn:
-        return RawConn(self.wrap(socket.create_connection(self.address, timeout=timeout)))
+        sock = self.wrap(socket.create_connection(self.address, timeout=timeout))
+        if self.h2:
+            return RawConn(H2Bridge(sock))  # type: ignore[arg-type]
+        return RawConn(sock)
 
     def wrap(self, sock: socket.socket) -> socket.socket:
         """A socket connected to the server, ready for HTTP: over TLS on a TLS listener."""

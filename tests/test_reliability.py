@@ -477,6 +477,7 @@ def post_status(srv: ServerProcess, request: bytes) -> tuple[int, bytes]:
         return resp.status, resp.body
 
 
+@pytest.mark.http1_only("HTTP/1.1 chunked framing")
 @pytest.mark.parametrize(
     "valid, with_ctl",
     [
@@ -503,6 +504,7 @@ def test_chunk_extension_without_value_is_skipped_but_control_characters_are_not
 # --- 8. a chunk too big for max_request_body_size --------------------------------------------
 
 
+@pytest.mark.http1_only("HTTP/1.1 chunked framing")
 @pytest.mark.parametrize(
     "sent_before, size_line",
     [(0, b"E8D4A51000\r\n"), (900_000, b"%X\r\n" % 150_000)],
