@@ -532,3 +532,32 @@ def test_shutdown_sends_goaway_and_lets_open_streams_finish() -> None:
     finally:
         sock.close()
         assert srv.stop() == 0
+
+
+def test_refused_streams_are_in_the_access_log_and_metrics(tmp_path: Path) -> None:
+    log = tmp_path / "access.log"
+    port = free_port()
+    srv = ServerProcess(
+        "apps.behaviors:app", "--http2", "--max-request-body-size=1000", f"--access-log={log}",
+        f"--metrics-listen=127.0.0.1:{port}", listen="http://127.0.0.1:0",
+    )
+    client = H2Client(srv.address)
+    try:
+        stream = client.request("/echo?too=big", "POST", end=False)
+        client.conn.send_data(stream, b"x" * 1500, end_stream=True)
+        client.flush()
+        headers, _, _ = response_of(client.events(ended(stream)), stream)
+        assert headers[":status"] == "413"
+        second = client.request("/echo")
+        client.events(ended(second))
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and len(log.read_text().splitlines()) < 2:
+            time.sleep(0.05)
+        lines = log.read_text().splitlines()
+        assert any('"POST /echo?too=big HTTP/2" 413' in line for line in lines), lines
+        assert any('"GET /echo HTTP/2" 200' in line for line in lines), lines
+        text = metrics_text(("127.0.0.1", port))
+        assert total(text, "tapster_requests_total", status="4xx", handler="server") == 1
+    finally:
+        client.close()
+        srv.stop()

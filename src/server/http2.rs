@@ -29,10 +29,12 @@ use super::shared::{body_deadline, hand_over, linger, Exchange, FailOnDrop, Shar
 use super::shutdown::Shutdown;
 use super::socket::Conn;
 use super::spool::{Body, BodySpool};
+use super::tracking::PageFacts;
 use crate::http::h2_translate::{request_head, Piece, ResponseHead, ResponseReader};
 use crate::http::request::{BodyFraming, HeadParser, RequestHead, Version};
-use crate::http::response::{error_page, protocol_error_page};
+use crate::http::response::{error_page, head_len, protocol_error_page};
 use crate::http::{ErrorKind, HttpError};
+use crate::observe::access_format::Outcome;
 use crate::observe::metrics::{self, Counter};
 
 /// Streams reset by the client before they were accepted that `h2` keeps count of; past
@@ -219,13 +221,16 @@ enum BodyFailure {
 impl Stream {
     async fn run(self, request: http::Request<RecvStream>, mut respond: SendResponse<Bytes>) {
         let (parts, mut recv) = request.into_parts();
-        let head = match self.head(&parts) {
+        let mut text = Vec::with_capacity(256);
+        let head = match self.head(&parts, &mut text) {
             Ok(head) => head,
-            Err(err) => return self.refuse(respond, &err).await,
+            Err(err) => return self.refuse(respond, &err, None, &text).await,
         };
         let body = match self.body(&mut recv, &head, &mut respond).await {
             Ok(body) => body,
-            Err(BodyFailure::Refuse(err)) => return self.refuse(respond, &err).await,
+            Err(BodyFailure::Refuse(err)) => {
+                return self.refuse(respond, &err, Some(&head), &[]).await
+            }
             Err(BodyFailure::Storage(err)) => {
                 self.shared.log.log(
                     LogLevel::Error,
@@ -238,7 +243,7 @@ impl Stream {
                     "The request body could not be stored",
                     self.shared.config.ident.as_deref(),
                 );
-                return self.answer(respond, page).await;
+                return self.answer(respond, page, 500, Some(&head), &[]).await;
             }
             Err(BodyFailure::Gone) => return,
         };
@@ -267,9 +272,13 @@ impl Stream {
         }
     }
 
-    /// The request head, written as HTTP/1.1 and parsed by the HTTP/1.1 rules.
-    fn head(&self, parts: &http::request::Parts) -> Result<RequestHead, HttpError> {
-        let mut text: Vec<u8> = Vec::with_capacity(256);
+    /// The request head, written as HTTP/1.1 into `text` and parsed by the HTTP/1.1
+    /// rules.
+    fn head(
+        &self,
+        parts: &http::request::Parts,
+        text: &mut Vec<u8>,
+    ) -> Result<RequestHead, HttpError> {
         let target = parts
             .uri
             .path_and_query()
@@ -280,13 +289,13 @@ impl Stream {
             .iter()
             .map(|(name, value)| (name.as_str().as_bytes(), value.as_bytes()));
         request_head(
-            &mut text,
+            text,
             parts.method.as_str().as_bytes(),
             target,
             authority,
             fields,
         )?;
-        let mut buf = BytesMut::from(Bytes::from(text));
+        let mut buf = BytesMut::from(&text[..]);
         let mut head = HeadParser::new()
             .parse(&mut buf, &self.shared.head_limits)?
             .ok_or_else(|| HttpError::new(ErrorKind::BadRequest, "Incomplete request head"))?;
@@ -372,21 +381,55 @@ impl Stream {
         spool.finish().map_err(BodyFailure::Storage)
     }
 
-    /// Answers with the error page for `err` (not logged: the HTTP/1.1 rules decided it).
-    async fn refuse(&self, respond: SendResponse<Bytes>, err: &HttpError) {
+    /// Answers with the error page for `err` (no log line: the HTTP/1.1 rules decided
+    /// it); `head` or else `received` (the request as far as it was written) names the
+    /// request in the access log.
+    async fn refuse(
+        &self,
+        respond: SendResponse<Bytes>,
+        err: &HttpError,
+        head: Option<&RequestHead>,
+        received: &[u8],
+    ) {
         let page = protocol_error_page(
             Some(Version::Http2),
             err,
             self.shared.config.ident.as_deref(),
         );
-        self.answer(respond, page).await;
+        self.answer(respond, page, err.kind.status(), head, received)
+            .await;
     }
 
-    /// Answers with a page the server wrote.
-    async fn answer(&self, respond: SendResponse<Bytes>, page: Vec<u8>) {
+    /// Answers with a page the server wrote, and reports it to the metrics and the
+    /// access log as the HTTP/1.1 connection reports its own pages.
+    async fn answer(
+        &self,
+        respond: SendResponse<Bytes>,
+        page: Vec<u8>,
+        status: u16,
+        head: Option<&RequestHead>,
+        received: &[u8],
+    ) {
+        let body_bytes = (page.len() - head_len(&page)) as u64;
         let mut relay = Relay::new(respond, false, self.shared.config.channel_timeout);
-        if relay.pass(Bytes::from(page)).await.is_ok() {
-            let _ = relay.end().await;
+        let sent = match relay.pass(Bytes::from(page)).await {
+            Ok(()) => relay.end().await,
+            Err(gone) => Err(gone),
+        };
+        let observer = &self.shared.observer;
+        if observer.active() {
+            let facts = PageFacts {
+                head,
+                received,
+                version: Version::Http2.as_str(),
+                status,
+                body_bytes,
+            };
+            let outcome = match sent {
+                Ok(()) => Outcome::KeptAlive,
+                Err(StreamGone) => Outcome::Aborted,
+            };
+            observer.page_sent(&facts, &self.info, self.started, outcome);
         }
     }
 }
