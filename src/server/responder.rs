@@ -251,6 +251,8 @@ enum Writes {
 /// Gathering buffers start at this size and stop growing at `GATHER_MAX`.
 const GATHER_START: usize = 16 * 1024;
 const GATHER_MAX: usize = 64 * 1024;
+/// A gathering buffer for the first piece queued is at least this big.
+const GATHER_SMALL: usize = 512;
 
 /// How `Responder::send` delivers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -513,7 +515,15 @@ impl<S: Sink> Responder<S> {
                 .push_back(Chunk::Bytes(Bytes::copy_from_slice(data)));
             return Ok(());
         }
-        let mut buf = BytesMut::with_capacity(GATHER_MAX.min(data.len().max(GATHER_START)));
+        // The first piece queued (most responses are one piece: a whole response under
+        // TLS or HTTP/2) gets a buffer of its size; pieces that follow a queued one get
+        // room for more of them.
+        let start = if inner.queue.is_empty() {
+            GATHER_SMALL
+        } else {
+            GATHER_START
+        };
+        let mut buf = BytesMut::with_capacity(GATHER_MAX.min(data.len().max(start)));
         buf.extend_from_slice(data);
         inner.queue.push_back(Chunk::Gathered(buf));
         Ok(())
