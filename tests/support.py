@@ -195,6 +195,8 @@ class ServerProcess(CapturedProcess):
 
     #: Whether connect() and url() speak TLS (the server was given a certificate).
     tls = False
+    #: Whether connect() speaks HTTP/2 (`TAPSTER_TEST_TRANSPORT=h2`).
+    h2 = False
 
     def __init__(self, app: str, *args: str, listen: str | None = "127.0.0.1:0", env: dict[str, str] | None = None) -> None:
         cmd = [sys.executable, "-m", "tapster"]
