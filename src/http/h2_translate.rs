@@ -111,6 +111,11 @@ pub struct ResponseHead {
 }
 
 impl ResponseHead {
+    /// `part` (a name or value `fields` gave) as a shared slice of the head: no copy.
+    pub fn shared(&self, part: &[u8]) -> Bytes {
+        self.fields.slice_ref(part)
+    }
+
     /// Name and value of every field an HTTP/2 response may carry, in order.
     pub fn fields(&self) -> impl Iterator<Item = (&[u8], &[u8])> + '_ {
         field_lines(&self.fields).filter(|(name, _)| !is_connection_specific(name))
@@ -182,27 +187,32 @@ impl ResponseReader {
     pub fn push(&mut self, mut input: Bytes, out: &mut Vec<Piece>) -> Result<(), HttpError> {
         while !input.is_empty() {
             match &mut self.reading {
+                // The whole head in one piece (nearly always): no copy of it.
+                Reading::Head(buf) if buf.is_empty() => {
+                    let Some(at) = memchr::memmem::find(&input, HEAD_END) else {
+                        buf.extend_from_slice(&input);
+                        return self.check_head_size();
+                    };
+                    let head = input.split_to(at + HEAD_END.len());
+                    self.read_head(head, out)?;
+                }
                 Reading::Head(buf) => {
                     let from = buf.len().saturating_sub(HEAD_END.len() - 1);
                     buf.extend_from_slice(&input);
                     let Some(at) = memchr::memmem::find(&buf[from..], HEAD_END) else {
-                        if buf.len() > MAX_HEAD {
-                            return Err(bad_response("head too large"));
-                        }
-                        return Ok(());
+                        return self.check_head_size();
                     };
                     let end = from + at + HEAD_END.len();
                     let rest = buf.len() - end;
                     input = input.slice(input.len() - rest..);
-                    let head = std::mem::take(buf);
-                    self.read_head(&head[..end], out)?;
+                    let mut head = Bytes::from(std::mem::take(buf));
+                    head.truncate(end);
+                    self.read_head(head, out)?;
                 }
                 Reading::Body(decoder) => {
-                    let mut pieces = Vec::new();
                     let progress = decoder.decode(&input, &mut |data| {
-                        pieces.push(input.slice_ref(data));
+                        out.push(Piece::Data(input.slice_ref(data)));
                     })?;
-                    out.extend(pieces.into_iter().map(Piece::Data));
                     if progress.done {
                         self.reading = Reading::Complete;
                     }
@@ -220,14 +230,22 @@ impl ResponseReader {
         Ok(())
     }
 
-    fn read_head(&mut self, head: &[u8], out: &mut Vec<Piece>) -> Result<(), HttpError> {
-        let line_end = memchr::memmem::find(head, b"\r\n").unwrap_or(head.len());
+    /// A head still incomplete is an error past `MAX_HEAD`.
+    fn check_head_size(&self) -> Result<(), HttpError> {
+        match &self.reading {
+            Reading::Head(buf) if buf.len() > MAX_HEAD => Err(bad_response("head too large")),
+            _ => Ok(()),
+        }
+    }
+
+    fn read_head(&mut self, head: Bytes, out: &mut Vec<Piece>) -> Result<(), HttpError> {
+        let line_end = memchr::memmem::find(&head, b"\r\n").unwrap_or(head.len());
         let status = head[..line_end]
             .splitn(3, |&b| b == b' ')
             .nth(1)
             .and_then(super::response::status_code)
             .ok_or_else(|| bad_response("no status code"))?;
-        let fields = Bytes::copy_from_slice(&head[(line_end + 2).min(head.len())..]);
+        let fields = head.slice((line_end + 2).min(head.len())..);
         let head = ResponseHead { status, fields };
         let framing = body_framing(&head)?;
         self.reading = if self.head_request || !status_allows_body(status) {

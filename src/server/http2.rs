@@ -572,7 +572,7 @@ impl Relay {
             // left out rather than failing the response.
             if let (Ok(name), Ok(value)) = (
                 http::HeaderName::from_bytes(name),
-                http::HeaderValue::from_bytes(value),
+                http::HeaderValue::from_maybe_shared(head.shared(value)),
             ) {
                 headers.append(name, value);
             }
