@@ -561,3 +561,36 @@ def test_refused_streams_are_in_the_access_log_and_metrics(tmp_path: Path) -> No
     finally:
         client.close()
         srv.stop()
+
+
+def test_request_trailers_are_ignored(h2c: ServerProcess) -> None:
+    client = H2Client(h2c.address)
+    try:
+        stream = client.request("/echo", "POST", [("content-length", "5")], end=False)
+        client.conn.send_data(stream, b"hello")
+        client.conn.send_headers(stream, [("x-checksum", "abc")], end_stream=True)
+        client.flush()
+        headers, body, clean = response_of(client.events(ended(stream)), stream)
+        got = json.loads(body)
+        assert headers[":status"] == "200" and clean
+        assert got["body"] == "hello"
+        assert "HTTP_X_CHECKSUM" not in got["environ"]
+    finally:
+        client.close()
+
+
+def test_a_rolling_reload_sends_goaway_and_lets_the_stream_finish() -> None:
+    srv = ServerProcess("apps.behaviors:app", "--http2", "--workers=2", listen="http://127.0.0.1:0")
+    sock = socket.create_connection(srv.address, timeout=10)
+    try:
+        sock.sendall(PREFACE + frame(SETTINGS, 0, 0) + frame(HEADERS, END_HEADERS | END_STREAM, 1, request_block("/sleep?s=1")))
+        time.sleep(0.3)
+        srv.proc.send_signal(signal.SIGHUP)
+        frames = read_frames(sock, lambda k, f, st, p: k == DATA and st == 1 and bool(f & END_STREAM), timeout=15)
+        kinds = [k for k, _, _, _ in frames]
+        assert GOAWAY in kinds and goaway_code(frames) == 0, frames
+        body = b"".join(p for k, _, st, p in frames if k == DATA and st == 1)
+        assert body == b"slept"
+    finally:
+        sock.close()
+        srv.stop()
