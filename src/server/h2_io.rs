@@ -20,6 +20,17 @@ use tokio::sync::Notify;
 use super::socket::{Conn, ReadBuf};
 use crate::http::h2_guard::{Flood, FrameGuard};
 
+/// Whether `h2`'s next write goes out now or after one turn of the runtime.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum WriteTurn {
+    /// The first write of a flush: the connection task yields once, so that the
+    /// streams woken meanwhile (their responses done by the workers) put their frames
+    /// in the same write. Without it, each response is one `sendmsg`.
+    Yield,
+    /// Yielded already: the bytes go out.
+    Send,
+}
+
 /// What the connection task learns from the stream while `h2` owns it.
 #[derive(Default)]
 pub struct IoWatch {
@@ -46,6 +57,7 @@ pub struct H2Io {
     early: BytesMut,
     guard: FrameGuard,
     watch: Arc<IoWatch>,
+    turn: WriteTurn,
 }
 
 impl H2Io {
@@ -55,6 +67,7 @@ impl H2Io {
             early,
             guard: FrameGuard::new(Instant::now(), 0),
             watch,
+            turn: WriteTurn::Yield,
         }
     }
 }
@@ -128,6 +141,13 @@ impl AsyncWrite for H2Io {
         bufs: &[IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
+        if this.turn == WriteTurn::Yield {
+            // Woken at once: tokio queues a task that wakes itself behind the tasks
+            // already ready, and `h2` keeps its frames until the next call.
+            this.turn = WriteTurn::Send;
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
         let written = std::task::ready!(this.conn.poll_send(cx, bufs))?;
         this.watch.activity.fetch_add(1, Ordering::Relaxed);
         Poll::Ready(Ok(written))
@@ -138,7 +158,10 @@ impl AsyncWrite for H2Io {
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.conn.poll_flush(cx)
+        // `h2` flushes once it has written all it holds: the next write starts a batch.
+        let this = self.get_mut();
+        this.turn = WriteTurn::Yield;
+        this.conn.poll_flush(cx)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
