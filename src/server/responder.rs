@@ -147,6 +147,9 @@ struct Inner {
     failed: bool,
     /// The connection task, when it is parked waiting on this response.
     waker: Option<Waker>,
+    /// Producers blocked in `wait_for_room` (a notify with none is a wasted syscall
+    /// per batch written).
+    room_waiters: usize,
     /// The connection task is also watching the socket, so a clean completion need not
     /// wake it: the client's next request will.
     consumer_watching: bool,
@@ -289,6 +292,7 @@ impl<S: Sink> Responder<S> {
                 production: Production::InProgress,
                 failed: false,
                 waker: None,
+                room_waiters: 0,
                 consumer_watching: false,
                 on_drain: None,
                 on_finished: None,
@@ -633,7 +637,9 @@ impl<S: Sink> Responder<S> {
     pub fn wait_for_room(&self) -> Result<(), ClientGone> {
         let mut inner = self.lock();
         while !inner.failed && self.must_pause(&inner, self.limits.high_watermark as u64) {
+            inner.room_waiters += 1;
             inner = self.room.wait(inner).unwrap_or_else(|e| e.into_inner());
+            inner.room_waiters -= 1;
         }
         if inner.failed {
             Err(ClientGone)
@@ -798,9 +804,7 @@ impl<S: Sink> Responder<S> {
         inner.writer = Writer::Idle;
         self.release_memory(&mut inner, batch_bytes);
         let mark = self.limits.high_watermark as u64;
-        if !self.must_pause(&inner, mark) {
-            self.room.notify_all();
-        }
+        self.wake_room(&inner);
         let resume = if self.must_pause(&inner, mark / 2) {
             None
         } else {
@@ -830,7 +834,12 @@ impl<S: Sink> Responder<S> {
         }
         let mut inner = self.lock();
         self.release_memory(&mut inner, n);
-        if !self.must_pause(&inner, self.limits.high_watermark as u64) {
+        self.wake_room(&inner);
+    }
+
+    /// Wakes the producers waiting for room, if there are any and there is room.
+    fn wake_room(&self, inner: &Inner) {
+        if inner.room_waiters > 0 && !self.must_pause(inner, self.limits.high_watermark as u64) {
             self.room.notify_all();
         }
     }
@@ -1432,6 +1441,37 @@ mod tests {
         assert!(matches!(end, Step::Done { .. }));
         assert!(resumed.load(Ordering::SeqCst));
         assert_eq!(sink.written().len(), 3000);
+    }
+
+    #[test]
+    fn a_producer_blocked_waiting_for_room_is_released_by_the_drain() {
+        let sink = FakeSink::new(Script {
+            direct: 0,
+            per_send: 1 << 20,
+            ..Script::default()
+        });
+        let budgets = Budgets::unlimited();
+        let limits = OutputLimits {
+            overflow: 1 << 20,
+            high_watermark: 1000,
+        };
+        let r = Arc::new(responder(&sink, limits, &budgets));
+        r.send(&[Part::Borrowed(&[1; 3000])], Delivery::Direct)
+            .unwrap();
+        let producer = {
+            let r = r.clone();
+            std::thread::spawn(move || r.wait_for_room())
+        };
+        // The producer is counted as waiting before the drain, or the drain finds no
+        // one to wake and the test proves nothing.
+        while r.lock().room_waiters == 0 {
+            std::thread::yield_now();
+        }
+        r.finish(true);
+        let end = block_on(drain(&r, STALL)).unwrap();
+        assert!(matches!(end, Step::Done { .. }));
+        assert_eq!(producer.join().unwrap(), Ok(()));
+        assert_eq!(r.lock().room_waiters, 0);
     }
 
     #[test]
