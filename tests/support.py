@@ -36,6 +36,9 @@ OVER_TLS = os.environ.get("TAPSTER_TEST_TRANSPORT", "") == "tls"
 #: TCP address gets `--http2`, and `connect()` speaks HTTP/2 through h2_bridge.py,
 #: translating the tests' HTTP/1.1 bytes. Tests of HTTP/1.1 itself are `http1_only`.
 OVER_H2 = os.environ.get("TAPSTER_TEST_TRANSPORT", "") == "h2"
+#: Whether a file body goes out with the kernel's sendfile(2), and counts in
+#: `_tapster.stats()`: not under TLS (read and encrypted) nor HTTP/2 (DATA frames).
+ZERO_COPY = not (OVER_TLS or OVER_H2)
 #: SERVER_PROTOCOL of the requests the tests send.
 PROTOCOL = "HTTP/2" if OVER_H2 else "HTTP/1.1"
 #: Whether the server's own error pages end the connection: an HTTP/1.1 one closes

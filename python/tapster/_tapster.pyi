@@ -79,8 +79,9 @@ class InputStream:
 
 def stats() -> dict[str, int]:
     """Process-wide counters: `requests` (handed to the application),
-    `sendfile_responses`, `sendfile_bytes`, `request_timeouts` and `abandoned_threads`
-    (worker threads a shutdown left inside the application)."""
+    `sendfile_responses` and `sendfile_bytes` (file bodies sent with the kernel's
+    sendfile(2); not those read and sent under TLS or HTTP/2), `request_timeouts` and
+    `abandoned_threads` (worker threads a shutdown left inside the application)."""
 
 def metrics_create(supervisor_pid: int) -> None:
     """Makes the metrics region shared with processes forked from now on."""

@@ -200,6 +200,10 @@ pub trait Sink: Send + Sync + 'static {
         offset: u64,
         len: usize,
     ) -> impl Future<Output = io::Result<usize>> + Send;
+
+    /// Whether `sendfile` is the kernel's zero-copy `sendfile(2)` (not under TLS, where
+    /// the file is read and encrypted).
+    fn zero_copy(&self) -> bool;
 }
 
 impl Sink for Conn {
@@ -222,6 +226,10 @@ impl Sink for Conn {
         len: usize,
     ) -> impl Future<Output = io::Result<usize>> + Send {
         Conn::sendfile(self, file, offset, len)
+    }
+
+    fn zero_copy(&self) -> bool {
+        !self.is_tls()
     }
 }
 
@@ -580,6 +588,9 @@ impl<S: Sink> Responder<S> {
             return Err(ClientGone);
         }
         if segment.len > 0 {
+            if self.writes == Writes::Direct && self.conn.zero_copy() {
+                SENDFILE_RESPONSES.fetch_add(1, Ordering::Relaxed);
+            }
             inner.queue.push_back(Chunk::File(segment));
             if let Some(w) = inner.waker.take() {
                 w.wake();
@@ -981,8 +992,9 @@ impl<S: Sink> Drop for Responder<S> {
     }
 }
 
-/// Responses whose body went out with `sendfile(2)`, and the bytes sent that way
-/// (process-wide; exposed to Python as `tapster._tapster.stats()`).
+/// Responses whose body went out with the kernel's `sendfile(2)`, and the bytes sent
+/// that way (process-wide; exposed to Python as `tapster._tapster.stats()`). A file
+/// read and sent under TLS or HTTP/2 counts in neither.
 pub static SENDFILE_RESPONSES: AtomicU64 = AtomicU64::new(0);
 pub static SENDFILE_BYTES: AtomicU64 = AtomicU64::new(0);
 
@@ -1009,7 +1021,9 @@ async fn send_file_segment(
         }
         sent += n as u64;
         counted.fetch_add(n as u64, Ordering::Relaxed);
-        SENDFILE_BYTES.fetch_add(n as u64, Ordering::Relaxed);
+        if conn.zero_copy() {
+            SENDFILE_BYTES.fetch_add(n as u64, Ordering::Relaxed);
+        }
     }
     Ok(())
 }
@@ -1114,6 +1128,10 @@ mod tests {
 
         async fn sendfile(&self, _file: RawFd, _offset: u64, _len: usize) -> io::Result<usize> {
             Err(io::ErrorKind::Unsupported.into())
+        }
+
+        fn zero_copy(&self) -> bool {
+            true
         }
     }
 

@@ -17,14 +17,13 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 
 use super::ratelimit::{suppressed_note, SharedRateLimit, Verdict};
-use super::responder::{Delivery, FileSegment, Part, Responder, SENDFILE_RESPONSES};
+use super::responder::{Delivery, FileSegment, Part, Responder};
 use super::static_open::{open_directory, Missing, Opener};
 use crate::config::StaticConfig;
 use crate::http::conditional::{self, Coding, RangeAsk};
@@ -100,7 +99,6 @@ pub fn send(responder: &Responder, answer: Answer) {
         return;
     }
     if let Some(segment) = answer.body {
-        SENDFILE_RESPONSES.fetch_add(1, Ordering::Relaxed);
         if responder.send_file(segment).is_err() {
             return;
         }

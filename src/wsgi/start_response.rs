@@ -347,8 +347,6 @@ impl ResponseState {
         if framed.take == 0 {
             return Ok(());
         }
-        crate::server::responder::SENDFILE_RESPONSES
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let responder = &self.responder;
         if let Some(header) = framed.header {
             py.detach(|| responder.send(&[Part::Borrowed(header.as_bytes())], Delivery::Queued))
