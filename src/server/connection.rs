@@ -17,7 +17,9 @@ use super::dispatch::LogLevel;
 use super::http2;
 use super::proxy_header;
 use super::responder::{Completion, Responder, Step};
-use super::shared::{body_deadline, hand_over, linger, Exchange, FailOnDrop, Shared, StateGauge};
+use super::shared::{
+    body_deadline, hand_over, linger, Exchange, FailOnDrop, Shared, StateGauge, LINGER_TIME,
+};
 use super::shutdown::{first_request_deadline, Shutdown};
 use super::socket::{Conn, ReadBuf};
 use super::spool::{Body, BodySpool};
@@ -105,7 +107,7 @@ pub async fn serve(conn: Arc<Conn>, info: Arc<ConnInfo>, shared: Arc<Shared>) {
     let end = session.run().await;
     match end {
         End::AfterResponse => {
-            session.conn.shutdown_write();
+            session.conn.shutdown_write(LINGER_TIME).await;
             linger(&session.conn).await;
         }
         End::Quiet => session.conn.shutdown_both(),

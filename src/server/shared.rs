@@ -149,7 +149,7 @@ pub fn body_deadline(config: &Config, started: Instant, received: u64) -> Option
 
 /// After the last response of a closing connection, how long and how much we keep
 /// reading (and discarding) so the client gets the response instead of a reset.
-const LINGER_TIME: Duration = Duration::from_secs(2);
+pub const LINGER_TIME: Duration = Duration::from_secs(2);
 const LINGER_BYTES: usize = 1 << 20;
 
 /// Reads and discards what the client still sends, within `LINGER_TIME`.
