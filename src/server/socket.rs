@@ -535,9 +535,22 @@ impl Conn {
                     return Poll::Pending;
                 }
             };
-            match guard.try_io(|io| lock(session).read_tls(&mut SocketIo(io.get_ref()))) {
-                Ok(Ok(0)) => return Poll::Ready(Ok(0)),
-                Ok(Ok(n)) => self.count(Counter::BytesReceived, n),
+            let read = guard.try_io(|io| {
+                let mut socket = SocketIo(io.get_ref());
+                let mut reader = ShortRead::new(&mut socket);
+                let n = lock(session).read_tls(&mut reader)?;
+                Ok((n, reader.drained))
+            });
+            match read {
+                Ok(Ok((0, _))) => return Poll::Ready(Ok(0)),
+                Ok(Ok((n, drained))) => {
+                    self.count(Counter::BytesReceived, n);
+                    if drained {
+                        // As for cleartext: wait for the next edge rather than pay for a
+                        // read that would only say EAGAIN (one per request otherwise).
+                        guard.clear_ready();
+                    }
+                }
                 Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {}
                 Ok(Err(e)) => return Poll::Ready(Err(e)),
                 Err(_would_block) => {}
@@ -645,6 +658,30 @@ fn tls_error(err: rustls::Error) -> io::Error {
 /// The socket as rustls reads and writes it: `recv`, and `send` without SIGPIPE.
 struct SocketIo<'a>(&'a Socket);
 
+/// A reader that notes whether its last read took less than it was offered: the
+/// socket is drained then (rustls reads once per `read_tls`).
+struct ShortRead<'a, R> {
+    inner: &'a mut R,
+    drained: bool,
+}
+
+impl<'a, R: Read> ShortRead<'a, R> {
+    fn new(inner: &'a mut R) -> ShortRead<'a, R> {
+        ShortRead {
+            inner,
+            drained: false,
+        }
+    }
+}
+
+impl<R: Read> Read for ShortRead<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.drained = n > 0 && n < buf.len();
+        Ok(n)
+    }
+}
+
 impl Read for SocketIo<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let mut socket = self.0;
@@ -663,5 +700,27 @@ impl Write for SocketIo<'_> {
 
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_read_that_takes_less_than_offered_means_drained() {
+        let mut source: &[u8] = b"abcd";
+        let mut reader = ShortRead::new(&mut source);
+        let mut buf = [0u8; 3];
+        assert_eq!(reader.read(&mut buf).unwrap(), 3);
+        assert!(!reader.drained, "a full read says nothing of what is left");
+        let mut buf = [0u8; 16];
+        assert_eq!(reader.read(&mut buf).unwrap(), 1);
+        assert!(reader.drained);
+        assert_eq!(reader.read(&mut buf).unwrap(), 0);
+        assert!(
+            !reader.drained,
+            "the end of the stream is not a drained socket"
+        );
     }
 }
