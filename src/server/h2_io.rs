@@ -23,12 +23,19 @@ use crate::http::h2_guard::{Flood, FrameGuard};
 /// Whether `h2`'s next write goes out now or after one turn of the runtime.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum WriteTurn {
-    /// The first write of a flush: the connection task yields once, so that the
-    /// streams woken meanwhile (their responses done by the workers) put their frames
-    /// in the same write. Without it, each response is one `sendmsg`.
+    /// The first write since the connection task last read: the task yields once, so
+    /// that the streams woken meanwhile (their responses done by the workers, and
+    /// already in the I/O thread's queue) put their frames in the same write. Without
+    /// it, each response is one `sendmsg`.
     Yield,
     /// Yielded already: the bytes go out.
     Send,
+    /// Bytes went out since the yield. Every poll of the connection reads first; that
+    /// read starts the next batch. (Re-armed by the read, not by `poll_flush`: `h2`
+    /// flushes after every DATA frame of 256 bytes or more, and a yield per frame
+    /// would only cost polls. Not re-armed without a write in between, or each poll
+    /// would yield again and never write.)
+    Sent,
 }
 
 /// What the connection task learns from the stream while `h2` owns it.
@@ -101,6 +108,9 @@ impl AsyncRead for H2Io {
         buf: &mut tokio::io::ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        if this.turn == WriteTurn::Sent {
+            this.turn = WriteTurn::Yield;
+        }
         if this.watch.flood().is_some() {
             // The connection task is closing the connection; nothing more is read.
             return Poll::Pending;
@@ -142,13 +152,16 @@ impl AsyncWrite for H2Io {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         if this.turn == WriteTurn::Yield {
-            // Woken at once: tokio queues a task that wakes itself behind the tasks
-            // already ready, and `h2` keeps its frames until the next call.
+            // Woken at once: tokio queues a task that wakes itself behind the tasks in
+            // its local queue (never in the slot for the next task), and `h2` keeps its
+            // frames until the next call. Streams woken from other threads and not yet
+            // taken into that queue miss this batch: the yield is best effort.
             this.turn = WriteTurn::Send;
             cx.waker().wake_by_ref();
             return Poll::Pending;
         }
         let written = std::task::ready!(this.conn.poll_send(cx, bufs))?;
+        this.turn = WriteTurn::Sent;
         this.watch.activity.fetch_add(1, Ordering::Relaxed);
         Poll::Ready(Ok(written))
     }
@@ -158,10 +171,7 @@ impl AsyncWrite for H2Io {
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        // `h2` flushes once it has written all it holds: the next write starts a batch.
-        let this = self.get_mut();
-        this.turn = WriteTurn::Yield;
-        this.conn.poll_flush(cx)
+        self.conn.poll_flush(cx)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
