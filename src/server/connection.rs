@@ -18,7 +18,7 @@ use super::http2;
 use super::proxy_header;
 use super::responder::{Completion, Responder, Step};
 use super::shared::{
-    body_deadline, hand_over, linger, Exchange, FailOnDrop, Shared, StateGauge, LINGER_TIME,
+    body_deadline, close_after_response, hand_over, Exchange, FailOnDrop, Shared, StateGauge,
 };
 use super::shutdown::{first_request_deadline, Shutdown};
 use super::socket::{Conn, ReadBuf};
@@ -107,8 +107,7 @@ pub async fn serve(conn: Arc<Conn>, info: Arc<ConnInfo>, shared: Arc<Shared>) {
     let end = session.run().await;
     match end {
         End::AfterResponse => {
-            session.conn.shutdown_write(LINGER_TIME).await;
-            linger(&session.conn).await;
+            close_after_response(&session.conn).await;
         }
         End::Quiet => session.conn.shutdown_both(),
         End::Http2 => {

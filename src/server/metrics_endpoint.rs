@@ -164,6 +164,5 @@ async fn send(conn: &Conn, status: &str, content_type: &str, body: &[u8], head_o
         out.extend_from_slice(body);
     }
     let _ = conn.send_all(&out).await;
-    // A scraper's connection is cleartext: nothing to wait for.
-    conn.shutdown_write(Duration::ZERO).await;
+    conn.shutdown_write();
 }

@@ -3,6 +3,7 @@
 //! carried it: to a static mount or to the application, tracked for the metrics and
 //! the access log. It reads and writes no socket.
 
+use std::future::poll_fn;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -149,10 +150,23 @@ pub fn body_deadline(config: &Config, started: Instant, received: u64) -> Option
 
 /// After the last response of a closing connection, how long and how much we keep
 /// reading (and discarding) so the client gets the response instead of a reset.
-pub const LINGER_TIME: Duration = Duration::from_secs(2);
+const LINGER_TIME: Duration = Duration::from_secs(2);
 const LINGER_BYTES: usize = 1 << 20;
 
 /// Reads and discards what the client still sends, within `LINGER_TIME`.
 pub async fn linger(conn: &Conn) {
     let _ = tokio::time::timeout(LINGER_TIME, conn.discard_input(LINGER_BYTES)).await;
+}
+
+/// Ends a connection after its last response: close_notify (under TLS) and FIN, while
+/// what the client still sends is read and discarded, all within `LINGER_TIME`. The
+/// two go together: a client blocked sending to us may not read our close_notify
+/// until we read its bytes.
+pub async fn close_after_response(conn: &Conn) {
+    let deadline = tokio::time::Instant::now() + LINGER_TIME;
+    let closing = tokio::time::timeout_at(deadline, poll_fn(|cx| conn.poll_close(cx)));
+    let draining = tokio::time::timeout_at(deadline, conn.discard_input(LINGER_BYTES));
+    let _ = tokio::join!(closing, draining);
+    // FIN, if the close_notify was given up on at the deadline.
+    conn.shutdown_write();
 }

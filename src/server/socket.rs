@@ -11,7 +11,6 @@ use std::net::Shutdown;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use rustls::ServerConnection;
 
@@ -326,13 +325,13 @@ impl Conn {
         }
     }
 
-    /// Ends the sending side. Under TLS the close_notify goes first, so the client
-    /// knows the response was not cut; a client whose receive window is full is given
-    /// up to `within` to make room for it. FIN either way.
-    pub async fn shutdown_write(&self, within: Duration) {
-        if self.is_tls() {
-            let _ =
-                tokio::time::timeout(within, std::future::poll_fn(|cx| self.poll_close(cx))).await;
+    /// Ends the sending side now: close_notify first under TLS (as far as the socket
+    /// takes it at once; `poll_close` waits for room), then FIN.
+    pub fn shutdown_write(&self) {
+        if let Transport::Tls(session) = &self.transport {
+            let mut session = lock(session);
+            session.send_close_notify();
+            let _ = self.write_records_now(&mut session);
         }
         let _ = self.io.get_ref().shutdown(Shutdown::Write);
     }
