@@ -30,8 +30,9 @@ enum WriteTurn {
     Yield,
     /// Yielded already: the bytes go out.
     Send,
-    /// Bytes went out since the yield. Every poll of the connection reads first; that
-    /// read starts the next batch. (Re-armed by the read, not by `poll_flush`: `h2`
+    /// Bytes went out since the yield. The connection's next read starts the next
+    /// batch (an open connection reads on every poll; one closing only flushes, and
+    /// its writes go straight out). (Re-armed by the read, not by `poll_flush`: `h2`
     /// flushes after every DATA frame of 256 bytes or more, and a yield per frame
     /// would only cost polls. Not re-armed without a write in between, or each poll
     /// would yield again and never write.)

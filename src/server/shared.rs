@@ -166,7 +166,10 @@ pub async fn close_after_response(conn: &Conn) {
     let deadline = tokio::time::Instant::now() + LINGER_TIME;
     let closing = tokio::time::timeout_at(deadline, poll_fn(|cx| conn.poll_close(cx)));
     let draining = tokio::time::timeout_at(deadline, conn.discard_input(LINGER_BYTES));
-    let _ = tokio::join!(closing, draining);
-    // FIN, if the close_notify was given up on at the deadline.
-    conn.shutdown_write();
+    let (closed, _) = tokio::join!(closing, draining);
+    if !matches!(closed, Ok(Ok(()))) {
+        // Given up on at the deadline (or failed): FIN now, after as much of the
+        // close_notify as the socket takes.
+        conn.shutdown_write();
+    }
 }
