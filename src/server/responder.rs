@@ -1148,6 +1148,25 @@ mod tests {
         Responder::new(sink.clone(), limits, budgets.clone())
     }
 
+    /// A response with 3000 bytes queued (the socket takes nothing at once) over its
+    /// high watermark of 1000, drained by `drain` in one write.
+    fn over_the_watermark() -> (Arc<FakeSink>, Responder<FakeSink>) {
+        let sink = FakeSink::new(Script {
+            direct: 0,
+            per_send: 1 << 20,
+            ..Script::default()
+        });
+        let limits = OutputLimits {
+            overflow: 1 << 20,
+            high_watermark: 1000,
+        };
+        let r = responder(&sink, limits, &Budgets::unlimited());
+        r.send(&[Part::Borrowed(&[1; 3000])], Delivery::Direct)
+            .unwrap();
+        assert!(r.over_watermark());
+        (sink, r)
+    }
+
     /// The connection task's side: writes batches until the response is done.
     async fn drain(responder: &Responder<FakeSink>, stall: Duration) -> io::Result<Step> {
         loop {
@@ -1437,20 +1456,7 @@ mod tests {
 
     #[test]
     fn a_producer_parked_over_the_watermark_resumes_once_half_of_it_drained() {
-        let sink = FakeSink::new(Script {
-            direct: 0,
-            per_send: 1 << 20,
-            ..Script::default()
-        });
-        let budgets = Budgets::unlimited();
-        let limits = OutputLimits {
-            overflow: 1 << 20,
-            high_watermark: 1000,
-        };
-        let r = responder(&sink, limits, &budgets);
-        r.send(&[Part::Borrowed(&[1; 3000])], Delivery::Direct)
-            .unwrap();
-        assert!(r.over_watermark());
+        let (sink, r) = over_the_watermark();
         let resumed = Arc::new(AtomicBool::new(false));
         let flag = resumed.clone();
         r.on_drain(Box::new(move || flag.store(true, Ordering::SeqCst)));
@@ -1463,19 +1469,8 @@ mod tests {
 
     #[test]
     fn a_producer_blocked_waiting_for_room_is_released_by_the_drain() {
-        let sink = FakeSink::new(Script {
-            direct: 0,
-            per_send: 1 << 20,
-            ..Script::default()
-        });
-        let budgets = Budgets::unlimited();
-        let limits = OutputLimits {
-            overflow: 1 << 20,
-            high_watermark: 1000,
-        };
-        let r = Arc::new(responder(&sink, limits, &budgets));
-        r.send(&[Part::Borrowed(&[1; 3000])], Delivery::Direct)
-            .unwrap();
+        let (_sink, r) = over_the_watermark();
+        let r = Arc::new(r);
         let producer = {
             let r = r.clone();
             std::thread::spawn(move || r.wait_for_room())

@@ -1,7 +1,8 @@
 //! What every connection of one server shares (`Shared`: configuration, dispatcher,
 //! budgets, observers), and the hand-over of one complete request, whichever protocol
 //! carried it: to a static mount or to the application, tracked for the metrics and
-//! the access log. It reads and writes no socket.
+//! the access log; and how a connection ends after its last response (lingering,
+//! close_notify and FIN), whichever protocol it spoke. No request is read here.
 
 use std::future::poll_fn;
 use std::sync::Arc;
