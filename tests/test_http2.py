@@ -512,14 +512,22 @@ def test_an_unfinished_preface_and_garbage_are_closed() -> None:
         plain.stop()
 
 
+def signalled_during_a_stream(
+    srv: ServerProcess, sock: socket.socket, sig: int, timeout: float
+) -> list[tuple[int, int, int, bytes]]:
+    """Opens stream 1 on `sock` (a response that takes a second), sends the server
+    `sig` while it runs, and returns the frames read until the stream ends."""
+    sock.sendall(PREFACE + frame(SETTINGS, 0, 0) + frame(HEADERS, END_HEADERS | END_STREAM, 1, request_block("/sleep?s=1")))
+    time.sleep(0.3)
+    srv.proc.send_signal(sig)
+    return read_frames(sock, lambda k, f, st, p: k == DATA and st == 1 and bool(f & END_STREAM), timeout=timeout)
+
+
 def test_shutdown_sends_goaway_and_lets_open_streams_finish() -> None:
     srv = ServerProcess("apps.behaviors:app", "--http2", listen="http://127.0.0.1:0")
     sock = socket.create_connection(srv.address, timeout=10)
     try:
-        sock.sendall(PREFACE + frame(SETTINGS, 0, 0) + frame(HEADERS, END_HEADERS | END_STREAM, 1, request_block("/sleep?s=1")))
-        time.sleep(0.3)
-        srv.proc.send_signal(signal.SIGTERM)
-        frames = read_frames(sock, lambda k, f, st, p: k == DATA and st == 1 and bool(f & END_STREAM), timeout=10)
+        frames = signalled_during_a_stream(srv, sock, signal.SIGTERM, timeout=10)
         kinds = [k for k, _, _, _ in frames]
         assert GOAWAY in kinds, frames
         assert goaway_code(frames) == 0  # NO_ERROR: a graceful one
@@ -583,10 +591,7 @@ def test_a_rolling_reload_sends_goaway_and_lets_the_stream_finish() -> None:
     srv = ServerProcess("apps.behaviors:app", "--http2", "--workers=2", listen="http://127.0.0.1:0")
     sock = socket.create_connection(srv.address, timeout=10)
     try:
-        sock.sendall(PREFACE + frame(SETTINGS, 0, 0) + frame(HEADERS, END_HEADERS | END_STREAM, 1, request_block("/sleep?s=1")))
-        time.sleep(0.3)
-        srv.proc.send_signal(signal.SIGHUP)
-        frames = read_frames(sock, lambda k, f, st, p: k == DATA and st == 1 and bool(f & END_STREAM), timeout=15)
+        frames = signalled_during_a_stream(srv, sock, signal.SIGHUP, timeout=15)
         kinds = [k for k, _, _, _ in frames]
         assert GOAWAY in kinds and goaway_code(frames) == 0, frames
         body = b"".join(p for k, _, st, p in frames if k == DATA and st == 1)
